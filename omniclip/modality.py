@@ -1,0 +1,113 @@
+"""The modality plugin contract.
+
+A modality is everything the trainer and the zero-shot code must *not* know about a kind of
+data: how to read it, how to batch it, how to turn it into tokens, which lens suits it, which
+prompts describe it. The core only ever talks to a `Modality` through these methods.
+
+Samples are dicts with singular keys (``inputs``, ``label``, ``text``, ``image``, ``image_key``,
+``path``); `default_collate` turns them into batch dicts. Keys the core reads from a batch:
+
+``inputs``      whatever the modality tokenizer takes (a tensor or a dict of tensors)
+``labels``      LongTensor [B] (single-label) or FloatTensor [B, C] (multi-label), optional
+``texts``       list[str] of captions, optional (text anchors)
+``images``      FloatTensor [B, 3, H, W] already preprocessed for CLIP, optional (image anchors)
+``image_keys``  list[str] identifying each image's content, required with ``images``
+``paths``       list[str] source files, for messages
+``skipped``     list[(path, problem)] samples dropped by the skip policy while building the batch
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from omniclip import registry
+
+
+@dataclass(frozen=True)
+class TrunkSpec:
+    """What a tokenizer or lens needs to know about the ViT it feeds."""
+
+    width: int
+    patch_size: int
+    num_positions: int  # positional-embedding rows including the class token
+    image_size: int
+    num_blocks: int
+    embed_dim: int
+
+
+class Modality:
+    """Base class of a modality plugin. Subclasses set ``name`` and override what they support."""
+
+    name: str = ""
+    #: Default lens hyper-parameters keyed by backbone name; "default" is the fallback.
+    default_lens: Mapping[str, Mapping[str, Any]] = {}
+    #: Prompt template sets; "default" is used when a recipe names none.
+    templates: Mapping[str, Sequence[str]] = {}
+    #: Metric names zero-shot evaluation reports for this modality.
+    metrics: Sequence[str] = ("top1", "top5", "mean_per_class_recall")
+
+    def build_tokenizer(self, cfg: Mapping[str, Any], trunk: TrunkSpec) -> nn.Module:
+        """Module mapping ``batch['inputs']`` to tokens [B, N, d] (positions already added)."""
+        raise NotImplementedError(f"modality `{self.name}` has no tokenizer")
+
+    def build_dataset(self, cfg: Mapping[str, Any], split: str, **kwargs: Any) -> Dataset:
+        """Dataset of sample dicts for ``split`` ("train", "val", "test")."""
+        raise NotImplementedError(f"modality `{self.name}` has no dataset `{cfg.get('name')}`")
+
+    def collate(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Stack samples into a batch dict (see module docstring)."""
+        return default_collate(samples)
+
+    def class_names(self, dataset: str) -> list[str]:
+        """Class names of a labelled dataset, in label order."""
+        raise NotImplementedError(f"modality `{self.name}` knows no class names for `{dataset}`")
+
+    def template_set(self, name: str | None = None) -> list[str]:
+        key = name or "default"
+        if key not in self.templates:
+            known = ", ".join(sorted(self.templates)) or "none"
+            raise KeyError(f"modality `{self.name}` has no template set `{key}` (known: {known})")
+        return list(self.templates[key])
+
+    def lens_defaults(self, backbone: str) -> dict[str, Any]:
+        """Lens config for ``backbone`` (exact name, else "default")."""
+        return dict(self.default_lens.get(backbone, self.default_lens.get("default", {})))
+
+
+# Sample dicts use singular keys; batches use the plural names the core reads.
+SAMPLE_TO_BATCH_KEY = {
+    "inputs": "inputs",
+    "label": "labels",
+    "text": "texts",
+    "image": "images",
+    "image_key": "image_keys",
+    "path": "paths",
+}
+
+
+def default_collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack tensor fields and labels; keep strings and other fields as lists."""
+    if not samples:
+        return {}
+    batch: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        out_key = SAMPLE_TO_BATCH_KEY.get(key, key)
+        if isinstance(values[0], torch.Tensor):
+            batch[out_key] = torch.stack(values)
+        elif key == "label":
+            batch[out_key] = torch.as_tensor(values)
+        else:
+            batch[out_key] = values
+    return batch
+
+
+def get_modality(name: str) -> Modality:
+    """The registered modality ``name`` (imports ``omniclip.modalities.<name>`` on first use)."""
+    entry = registry.get("modality", name)
+    return entry() if isinstance(entry, type) else entry

@@ -1,0 +1,243 @@
+"""The frozen CLIP ViT trunk that reads images or lens tokens.
+
+`ViTTrunk` re-drives the submodules of an open_clip `VisionTransformer` so that the same
+weights serve two entry points:
+
+* images: patch embedding (conv1) -> tokens, exactly `encode_image`;
+* a token sequence [B, L, D] from a lens: the class token is prepended, the positional
+  embedding added (interpolated when L differs from the trunk's grid and that is allowed), then
+  ln_pre, blocks, pooling, ln_post and projection as for images.
+
+Frozen parameters are shared with the CLIP model they come from (no copy). Parameters that are
+*unlocked* for training (class token, positional embedding, first blocks) are copied first, so
+training never alters the image tower that produces the frozen anchors.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from omniclip.errors import ConfigError
+from omniclip.modality import TrunkSpec
+
+BlockHook = Callable[..., torch.Tensor]
+
+
+def interpolate_positions(pos: torch.Tensor, grid: tuple[int, int], num_tokens: int) -> torch.Tensor:
+    """Resample a [1 + H*W, D] positional table to [1 + num_tokens, D].
+
+    The class row is kept. Square targets are resampled in 2D (bicubic, as timm/open_clip do
+    for new image sizes); other lengths are resampled along the flattened sequence (linear).
+    """
+    cls_row, grid_rows = pos[:1], pos[1:]
+    if grid_rows.shape[0] == num_tokens:
+        return pos
+    width = pos.shape[-1]
+    side = math.isqrt(num_tokens)
+    if side * side == num_tokens:
+        table = grid_rows.reshape(1, grid[0], grid[1], width).permute(0, 3, 1, 2)
+        table = F.interpolate(table.float(), size=(side, side), mode="bicubic", align_corners=False)
+        rows = table.permute(0, 2, 3, 1).reshape(num_tokens, width)
+    else:
+        table = grid_rows.t().unsqueeze(0)
+        rows = F.interpolate(table.float(), size=num_tokens, mode="linear", align_corners=False)[0].t()
+    return torch.cat([cls_row, rows.to(pos.dtype)], dim=0)
+
+
+class ViTTrunk(nn.Module):
+    """A CLIP ViT that accepts images or token sequences.
+
+    Args:
+        visual: an open_clip ``VisionTransformer`` (``model.visual``).
+        skip_blocks: drop the first n blocks (tokens enter block n); the kept blocks are
+            renumbered from 0, as ViT-Lens does for its bigG model.
+        unlocked_blocks: train the first n kept blocks (copied from ``visual``).
+        unlock_class_token: train the class token (copied).
+        unlock_positional_embedding: train the positional embedding (copied).
+        interpolate_positions: allow token sequences whose length differs from the trunk's
+            patch grid; the positional embedding is resampled. Otherwise such input is an error.
+    """
+
+    def __init__(
+        self,
+        visual: nn.Module,
+        skip_blocks: int = 0,
+        unlocked_blocks: int = 0,
+        unlock_class_token: bool = False,
+        unlock_positional_embedding: bool = False,
+        interpolate_positions: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_supported(visual)
+        blocks = list(visual.transformer.resblocks)
+        if not 0 <= skip_blocks < len(blocks):
+            raise ConfigError("trunk.skip_blocks", f"{skip_blocks} is outside [0, {len(blocks) - 1}]")
+        blocks = blocks[skip_blocks:]
+        if not 0 <= unlocked_blocks <= len(blocks):
+            raise ConfigError(
+                "trunk.unlocked_blocks", f"{unlocked_blocks} exceeds the {len(blocks)} blocks that run"
+            )
+        blocks = [copy.deepcopy(b) if i < unlocked_blocks else b for i, b in enumerate(blocks)]
+
+        self.conv1 = visual.conv1
+        self.class_embedding = _maybe_copy(visual.class_embedding, unlock_class_token)
+        self.positional_embedding = _maybe_copy(visual.positional_embedding, unlock_positional_embedding)
+        self.ln_pre = visual.ln_pre
+        self.blocks = nn.ModuleList(blocks)
+        self.ln_post = visual.ln_post
+        self.proj = visual.proj
+        self.pool_type: str = visual.pool_type
+        self.final_ln_after_pool: bool = bool(visual.final_ln_after_pool)
+        self.grid_size: tuple[int, int] = tuple(visual.grid_size)
+        self.patch_size: int = int(visual.patch_size[0])
+        self.image_size: int = int(visual.image_size[0])
+        self.skip_blocks = skip_blocks
+        self.unlocked_blocks = unlocked_blocks
+        self.allow_interpolation = interpolate_positions
+        self.grad_checkpointing = False
+        #: Modules run before block i (key str(i)), e.g. ILA temporal alignment. They receive
+        #: (x, **hook_kwargs) and return x; their parameters are trainable.
+        self.block_hooks = nn.ModuleDict()
+
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for block in self.blocks[:unlocked_blocks]:
+            block.requires_grad_(True)
+        self.class_embedding.requires_grad_(unlock_class_token)
+        self.positional_embedding.requires_grad_(unlock_positional_embedding)
+
+    # ---------------------------------------------------------------- description
+    @property
+    def width(self) -> int:
+        return int(self.class_embedding.shape[-1])
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.proj.shape[1]) if self.proj is not None else self.width
+
+    @property
+    def num_positions(self) -> int:
+        return int(self.positional_embedding.shape[0])
+
+    def spec(self) -> TrunkSpec:
+        return TrunkSpec(
+            width=self.width,
+            patch_size=self.patch_size,
+            num_positions=self.num_positions,
+            image_size=self.image_size,
+            num_blocks=len(self.blocks),
+            embed_dim=self.embed_dim,
+        )
+
+    # ---------------------------------------------------------------- configuration
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def register_block_hook(self, index: int, hook: nn.Module) -> None:
+        """Run ``hook(x, **hook_kwargs)`` before block ``index`` (counted among kept blocks)."""
+        if not 0 <= index < len(self.blocks):
+            raise IndexError(f"block {index} does not exist (the trunk runs {len(self.blocks)} blocks)")
+        self.block_hooks[str(index)] = hook
+
+    def train(self, mode: bool = True) -> "ViTTrunk":
+        """Trainable parts follow ``mode``; frozen parts always stay in eval mode."""
+        super().train(mode)
+        for module in (self.ln_pre, self.ln_post, self.conv1, *self.blocks[self.unlocked_blocks :]):
+            module.eval()
+        return self
+
+    # ---------------------------------------------------------------- forward
+    def patch_embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] -> patch tokens [B, H*W/p^2, D] (no class token, no positions)."""
+        x = self.conv1(images)
+        return x.flatten(2).transpose(1, 2)
+
+    def check_num_tokens(self, num_tokens: int) -> None:
+        """Raise a ConfigError when ``num_tokens`` cannot be given positions."""
+        expected = self.num_positions - 1
+        if num_tokens != expected and not self.allow_interpolation:
+            raise ConfigError(
+                "trunk.interpolate_positions",
+                f"the lens gives {num_tokens} tokens but the trunk's positional embedding has "
+                f"{expected} patch positions (+1 class token); match the lens latents to "
+                f"{expected} or set interpolate_positions=true",
+            )
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Prepend the class token, add positions and apply ln_pre: [B, L, D] -> [B, 1+L, D]."""
+        batch, num_tokens, width = tokens.shape
+        if width != self.width:
+            raise ValueError(f"tokens have width {width}, the trunk expects {self.width}")
+        self.check_num_tokens(num_tokens)
+        pos = self.positional_embedding
+        if num_tokens != self.num_positions - 1:
+            pos = interpolate_positions(pos, self.grid_size, num_tokens)
+        cls = self.class_embedding.to(tokens.dtype).expand(batch, 1, width)
+        x = torch.cat([cls, tokens], dim=1) + pos.to(tokens.dtype)
+        return self.ln_pre(x)
+
+    def forward_features(self, tokens: torch.Tensor, **hook_kwargs: Any) -> torch.Tensor:
+        """Token sequence [B, L, D] -> block outputs [B, 1+L, D] (before pooling and ln_post)."""
+        x = self.embed_tokens(tokens)
+        for index, block in enumerate(self.blocks):
+            hook = self.block_hooks[str(index)] if str(index) in self.block_hooks else None
+            if hook is not None:
+                x = hook(x, **hook_kwargs)
+            if self.grad_checkpointing and torch.is_grad_enabled() and x.requires_grad:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Block outputs [B, 1+L, D] -> pooled, projected embedding [B, E] (not normalised)."""
+        if self.final_ln_after_pool:
+            pooled = self.ln_post(self._pool(features))
+        else:
+            pooled = self._pool(self.ln_post(features))
+        return pooled @ self.proj if self.proj is not None else pooled
+
+    def normed_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """ln_post over every token: what a Q-Former reads (InstructBLIP-style heads)."""
+        return self.ln_post(features)
+
+    def forward(self, tokens: torch.Tensor, **hook_kwargs: Any) -> torch.Tensor:
+        """Token sequence [B, L, D] -> embedding [B, E] (not normalised)."""
+        return self.forward_head(self.forward_features(tokens, **hook_kwargs))
+
+    def forward_image(self, images: torch.Tensor, **hook_kwargs: Any) -> torch.Tensor:
+        """Images [B, 3, H, W] -> embedding [B, E]; equals open_clip's ``encode_image``."""
+        return self(self.patch_embed(images), **hook_kwargs)
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool_type == "tok":
+            return x[:, 0]
+        if self.pool_type == "avg":
+            return x[:, 1:].mean(dim=1)
+        raise ConfigError("backbone", f"pool_type `{self.pool_type}` is not supported by the trunk")
+
+
+def _maybe_copy(param: nn.Parameter, unlocked: bool) -> nn.Parameter:
+    return nn.Parameter(param.detach().clone()) if unlocked else param
+
+
+def _check_supported(visual: nn.Module) -> None:
+    needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post")
+    missing = [name for name in needed if not hasattr(visual, name)]
+    if missing:
+        raise ConfigError(
+            "backbone",
+            f"{type(visual).__name__} is not an open_clip VisionTransformer (missing {missing}); "
+            "the lens trunk needs a ViT image tower",
+        )
+    if getattr(visual, "attn_pool", None) is not None:
+        raise ConfigError("backbone", "attentional pooling (CoCa) towers are not supported by the trunk")
+    if not getattr(visual.transformer, "batch_first", True):
+        raise ConfigError("backbone", "the ViT must run batch-first (open_clip >= 2.24)")
