@@ -5,7 +5,7 @@ data: how to read it, how to batch it, how to turn it into tokens, which lens su
 prompts describe it. The core only ever talks to a `Modality` through these methods.
 
 Samples are dicts with singular keys (``inputs``, ``label``, ``text``, ``image``, ``image_key``,
-``path``); `default_collate` turns them into batch dicts. Keys the core reads from a batch:
+``path``, ``group_id`` for several clips or views of one file); `default_collate` turns them into batch dicts. Keys the core reads from a batch:
 
 ``inputs``      whatever the modality tokenizer takes (a tensor or a dict of tensors)
 ``labels``      LongTensor [B] (single-label) or FloatTensor [B, C] (multi-label), optional
@@ -87,6 +87,7 @@ SAMPLE_TO_BATCH_KEY = {
     "image": "images",
     "image_key": "image_keys",
     "path": "paths",
+    "group_id": "group_ids",
 }
 
 

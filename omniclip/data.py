@@ -1,0 +1,338 @@
+"""Data loading that can stop anywhere and resume exactly, with reproducible augmentation.
+
+Three pieces compose into `build_loader`:
+
+- `ResumableSampler` yields ``(epoch, index)`` keys. The order of an epoch depends on
+  (seed, epoch) only, each rank takes a fixed slice, and a resumed epoch skips the keys already
+  trained on without loading them.
+- `SeededDataset` seeds the global RNGs from (seed, epoch, index) before building a sample, so
+  augmentation depends on the sample alone: not on the number of workers, nor on which worker
+  built it, nor on where the run was resumed. No ``worker_init_fn`` is needed.
+- `SafeDataset` + `collate_skipping` turn a `SampleError` into a stop or into a counted skip
+  that travels with the batch (``batch["skipped"]``) to the training loop's `SkipCounter`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from typing import Any, Callable, Iterator, Literal, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from omniclip.errors import ConfigError, OmniclipError, SampleError
+
+SampleKey = tuple[int, int]
+"""``(epoch, index)``: which sample, and in which epoch it is drawn (for its augmentation)."""
+
+SkipPolicy = Literal["stop", "skip"]
+
+
+class ResumableSampler(Sampler[SampleKey]):
+    """Distributed, resumable sampler of ``(epoch, index)`` keys.
+
+    Order: epoch ``e`` uses a permutation of ``range(num_samples)`` drawn from a generator
+    seeded by (seed, e) (identity when ``shuffle=False``). As in `DistributedSampler`, the
+    permutation is cut (``drop_last=True``) or padded by repeating its start
+    (``drop_last=False``) so every rank gets the same number of keys, and rank ``r`` takes
+    positions ``r::world_size``. With ``drop_last=True`` each rank's share is also cut to a
+    multiple of ``batch_size``, so all ranks run the same number of full batches.
+
+    Resume protocol:
+
+    1. After each batch the training loop calls ``sampler.advance()`` (one batch; pass ``n`` for
+       several). The sampler cannot count by itself: DataLoader workers prefetch keys ahead of
+       what the loop has trained on.
+    2. The checkpoint stores ``sampler.state_dict()`` = ``{"epoch", "consumed"}``, ``consumed``
+       being keys of this rank's share already trained on in that epoch.
+    3. On resume, ``load_state_dict(state)`` then the usual ``set_epoch(epoch)`` (a no-op for
+       the current epoch: it keeps ``consumed``); the next iteration yields exactly the keys not
+       yet consumed and ``len()`` counts only those. ``set_epoch`` to another epoch resets
+       ``consumed`` to 0.
+
+    Iteration takes a snapshot of (epoch, consumed) when ``iter()`` is called, so ``advance``
+    during an epoch does not shift the keys already being yielded.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = True,
+        batch_size: int = 1,
+    ):
+        if num_samples < 1:
+            raise ConfigError("num_samples", f"must be >= 1, got {num_samples}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ConfigError("rank", f"must be in [0, {world_size}), got {rank}")
+        if batch_size < 1:
+            raise ConfigError("batch_size", f"must be >= 1, got {batch_size}")
+        if seed < 0:
+            raise ConfigError("seed", f"must be >= 0, got {seed}")
+        self.num_samples = num_samples
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_last = drop_last
+        self.batch_size = batch_size
+        if drop_last:
+            self.per_rank = num_samples // world_size // batch_size * batch_size
+            if self.per_rank == 0:
+                raise ConfigError(
+                    "batch_size",
+                    f"{num_samples} samples cannot fill one batch of {batch_size} on each of "
+                    f"{world_size} rank(s) with drop_last=True",
+                )
+        else:
+            self.per_rank = math.ceil(num_samples / world_size)
+        self.epoch = 0
+        self.consumed = 0
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """The full order of ``epoch`` before it is cut or padded and shared out between ranks."""
+        if not self.shuffle:
+            return torch.arange(self.num_samples)
+        # SeedSequence mixes (seed, epoch) so that e.g. (0, 1) and (1, 0) give unrelated orders.
+        seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1, np.uint64)[0])
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randperm(self.num_samples, generator=generator)
+
+    def rank_indices(self, epoch: int) -> torch.Tensor:
+        """This rank's whole share of ``epoch`` (consumed keys included)."""
+        order = self.permutation(epoch)
+        total = self.per_rank * self.world_size
+        if total > self.num_samples:
+            order = order.repeat(math.ceil(total / self.num_samples))
+        return order[:total][self.rank :: self.world_size]
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.consumed = 0
+
+    def advance(self, num_batches: int = 1) -> None:
+        """Mark ``num_batches`` more batches of this epoch as trained on."""
+        if num_batches < 0:
+            raise ValueError(f"num_batches must be >= 0, got {num_batches}")
+        self.consumed = min(self.per_rank, self.consumed + num_batches * self.batch_size)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, consumed = int(state["epoch"]), int(state["consumed"])
+        if epoch < 0 or not 0 <= consumed <= self.per_rank:
+            raise ValueError(
+                f"sampler state {state} does not fit this sampler ({self.per_rank} keys per rank "
+                "per epoch): was the dataset, batch size or world size changed?"
+            )
+        self.epoch, self.consumed = epoch, consumed
+
+    def __iter__(self) -> Iterator[SampleKey]:
+        epoch = self.epoch
+        remaining = self.rank_indices(epoch)[self.consumed :].tolist()
+        return ((epoch, index) for index in remaining)
+
+    def __len__(self) -> int:
+        return self.per_rank - self.consumed
+
+
+class SeededDataset(Dataset):
+    """Index a dataset by `SampleKey`, with the global RNGs seeded from (seed, epoch, index).
+
+    Python's `random`, NumPy's global generator and torch's CPU generator are seeded before
+    ``dataset[index]``. In the main process (``num_workers=0``) their previous states are put
+    back afterwards, so the training loop's random streams (dropout, ...) are the same whatever
+    the number of workers; in a worker process that restore (~90 us, mostly NumPy's) is skipped.
+    CUDA generators are never touched.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int = 0):
+        if seed < 0:
+            raise ConfigError("seed", f"must be >= 0, got {seed}")
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: SampleKey) -> Any:
+        epoch, index = key
+        if get_worker_info() is not None:  # a worker's global RNGs serve nobody else
+            self._seed_globals(epoch, index)
+            return self.dataset[index]
+        saved = random.getstate(), np.random.get_state(), torch.default_generator.get_state()
+        self._seed_globals(epoch, index)
+        try:
+            return self.dataset[index]
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.default_generator.set_state(saved[2])
+
+    def _seed_globals(self, epoch: int, index: int) -> None:
+        words = np.random.SeedSequence([self.seed, epoch, index]).generate_state(3, np.uint64)
+        random.seed(int(words[0]))
+        np.random.seed(words[1:2].view(np.uint32))  # the 64-bit word as two 32-bit seed words
+        # The CPU generator only: torch.manual_seed would also reseed initialised CUDA devices.
+        torch.default_generator.manual_seed(int(words[2]))
+
+
+class Skipped(NamedTuple):
+    """Stands in for a sample that `SafeDataset` skipped; `collate_skipping` removes it."""
+
+    path: str
+    problem: str
+
+
+class SafeDataset(Dataset):
+    """Apply the bad-sample policy to a dataset that raises `SampleError`.
+
+    ``"stop"`` re-raises (the message names the file and the problem; in a worker process
+    torch re-raises it in the main process as a RuntimeError carrying that message);
+    ``"skip"`` returns a `Skipped` marker in place of the sample.
+    """
+
+    def __init__(self, dataset: Dataset, policy: SkipPolicy = "stop"):
+        if policy not in ("stop", "skip"):
+            raise ConfigError("policy", f"must be 'stop' or 'skip', got {policy!r}")
+        self.dataset = dataset
+        self.policy = policy
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except SampleError as error:
+            if self.policy == "stop":
+                raise
+            return Skipped(error.path, error.problem)
+
+
+class _SkippingCollate:
+    """A class rather than a closure so that it pickles into spawned worker processes."""
+
+    def __init__(self, collate_fn: Callable[[list[Any]], dict[str, Any]]):
+        self.collate_fn = collate_fn
+
+    def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
+        kept = [s for s in samples if not isinstance(s, Skipped)]
+        skipped = [(s.path, s.problem) for s in samples if isinstance(s, Skipped)]
+        if not kept:
+            return {"skipped": skipped}
+        batch = self.collate_fn(kept)
+        if not isinstance(batch, dict):
+            raise TypeError(f"collate_fn must return a dict, got {type(batch).__name__}")
+        batch["skipped"] = skipped
+        return batch
+
+
+def collate_skipping(
+    collate_fn: Callable[[list[Any]], dict[str, Any]],
+) -> Callable[[Sequence[Any]], dict[str, Any]]:
+    """Wrap ``collate_fn`` to drop `Skipped` markers and list them in ``batch["skipped"]``.
+
+    ``batch["skipped"]`` is a list of ``(path, problem)`` (empty when nothing was skipped). When
+    every sample of a batch was skipped the batch is ``{"skipped": [...]}`` and nothing else;
+    the training loop counts it and moves on.
+    """
+    return _SkippingCollate(collate_fn)
+
+
+class TooManySkippedError(OmniclipError, RuntimeError):
+    """More samples were skipped than the run allows: the data, not single files, is broken."""
+
+
+class SkipCounter:
+    """Accumulate skipped samples and stop the run when too many are bad.
+
+    Raises `TooManySkippedError` once ``skipped > max_skip_fraction * max(seen, min_seen)``:
+    the fraction of samples seen, but judged against at least ``min_seen`` samples so that one
+    bad file in the first batch does not end a run, while a dataset that is broken throughout
+    still stops after ``max_skip_fraction * min_seen`` skips.
+    """
+
+    def __init__(self, max_skip_fraction: float = 0.1, min_seen: int = 200):
+        if not 0.0 <= max_skip_fraction <= 1.0:
+            raise ConfigError("max_skip_fraction", f"must be in [0, 1], got {max_skip_fraction}")
+        self.max_skip_fraction = max_skip_fraction
+        self.min_seen = min_seen
+        self.seen = 0
+        self.skipped: list[tuple[str, str]] = []
+
+    def update(self, skipped: Sequence[tuple[str, str]], seen: int) -> None:
+        """Record one batch: ``seen`` samples were drawn for it, ``skipped`` of them dropped."""
+        if len(skipped) > seen:
+            raise ValueError(f"{len(skipped)} samples skipped out of {seen} seen")
+        self.seen += seen
+        self.skipped.extend((str(path), str(problem)) for path, problem in skipped)
+        if len(self.skipped) > self.max_skip_fraction * max(self.seen, self.min_seen):
+            first = "; ".join(f"{p}: {why}" for p, why in self.skipped[:5])
+            raise TooManySkippedError(
+                f"{len(self.skipped)} of {self.seen} samples were skipped, more than "
+                f"max_skip_fraction={self.max_skip_fraction}; first: {first}"
+            )
+
+    def summary(self) -> str:
+        """One log line: total and the most common problems."""
+        if not self.skipped:
+            return f"skipped 0 of {self.seen} samples"
+        by_problem = Counter(problem for _, problem in self.skipped)
+        top = ", ".join(f"{n} × {problem}" for problem, n in by_problem.most_common(5))
+        more = len(by_problem) - 5
+        tail = f", and {more} other problem(s)" if more > 0 else ""
+        percent = 100.0 * len(self.skipped) / max(self.seen, 1)
+        return f"skipped {len(self.skipped)} of {self.seen} samples ({percent:.2f}%): {top}{tail}"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seen": self.seen, "skipped": [list(entry) for entry in self.skipped]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seen = int(state["seen"])
+        self.skipped = [(str(path), str(problem)) for path, problem in state["skipped"]]
+
+
+def build_loader(
+    dataset: Dataset,
+    collate_fn: Callable[[list[Any]], dict[str, Any]],
+    batch_size: int,
+    sampler: ResumableSampler,
+    num_workers: int,
+    seed: int,
+    pin_memory: bool = False,
+    policy: SkipPolicy = "stop",
+    persistent_workers: bool | None = None,
+) -> DataLoader:
+    """DataLoader over ``SeededDataset(SafeDataset(dataset, policy), seed)`` driven by ``sampler``.
+
+    ``batch_size`` is per rank and must equal ``sampler.batch_size`` (the sampler counts
+    consumed keys in batches). ``persistent_workers=None`` means "when there are workers". No
+    ``worker_init_fn``: every sample seeds its own RNGs (see `SeededDataset`).
+    """
+    if batch_size != sampler.batch_size:
+        raise ConfigError(
+            "batch_size", f"{batch_size} differs from the sampler's batch_size {sampler.batch_size}"
+        )
+    if persistent_workers is None:
+        persistent_workers = num_workers > 0
+    return DataLoader(
+        SeededDataset(SafeDataset(dataset, policy), seed),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_skipping(collate_fn),
+        pin_memory=pin_memory,
+        drop_last=sampler.drop_last,
+        persistent_workers=persistent_workers,
+    )

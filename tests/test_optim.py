@@ -1,0 +1,153 @@
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from omniclip.errors import ConfigError
+from omniclip.optim import build_optimizer, cosine_schedule, param_groups
+
+
+class Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.latents = nn.Parameter(torch.randn(4, 8))
+        self.pos_emb = nn.Parameter(torch.randn(5, 8))
+        self.token_embedding = nn.Embedding(10, 8)
+        self.proj = nn.Linear(8, 8)
+        self.norm = nn.LayerNorm(8)
+        self.logit_scale = nn.Parameter(torch.tensor(2.0))
+        self.head = nn.Linear(8, 10, bias=False)
+        self.head.weight = self.token_embedding.weight  # tied: must appear once
+        self.frozen = nn.Linear(8, 8)
+        self.frozen.requires_grad_(False)
+
+
+def test_param_groups_split_decay_by_rank_and_name():
+    model = Toy()
+    groups = param_groups(model, weight_decay=0.3)
+    assert [g["weight_decay"] for g in groups] == [0.3, 0.0]
+    decay, no_decay = groups
+    assert decay["param_names"] == ["proj.weight"]
+    assert no_decay["param_names"] == [
+        "latents",
+        "pos_emb",
+        "logit_scale",
+        "token_embedding.weight",
+        "proj.bias",
+        "norm.weight",
+        "norm.bias",
+    ]
+    named = dict(model.named_parameters())
+    for group in groups:
+        assert all(p is named[n] for p, n in zip(group["params"], group["param_names"], strict=True))
+    all_params = [p for g in groups for p in g["params"]]
+    assert len({id(p) for p in all_params}) == len(all_params)  # tied weight counted once
+
+
+def test_param_groups_custom_keywords_and_empty_group_omitted():
+    model = nn.Sequential(nn.Linear(3, 4, bias=False), nn.Linear(4, 2, bias=False))
+    groups = param_groups(model, 0.1, no_decay_keywords=())
+    assert len(groups) == 1 and groups[0]["param_names"] == ["0.weight", "1.weight"]
+    groups = param_groups(model, 0.1, no_decay_keywords=("1.",))
+    assert [(g["param_names"], g["weight_decay"]) for g in groups] == [
+        (["0.weight"], 0.1),
+        (["1.weight"], 0.0),
+    ]
+
+
+def test_build_optimizer_hyper_parameters():
+    opt = build_optimizer(Toy(), lr=3e-4)
+    assert isinstance(opt, torch.optim.AdamW)
+    for group in opt.param_groups:
+        assert group["lr"] == 3e-4
+        assert group["betas"] == (0.9, 0.98)
+        assert group["eps"] == 1e-6
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.2, 0.0]
+    assert "param_names" in opt.state_dict()["param_groups"][0]
+    fused = build_optimizer(Toy(), lr=1e-3, weight_decay=0.05, betas=(0.8, 0.9), eps=1e-8, fused=True)
+    assert fused.defaults["fused"] is True
+    assert fused.param_groups[0]["weight_decay"] == 0.05
+    assert fused.param_groups[0]["betas"] == (0.8, 0.9) and fused.param_groups[0]["eps"] == 1e-8
+
+
+def test_build_optimizer_errors():
+    model = nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(ValueError, match=r"^Linear has no trainable parameter"):
+        build_optimizer(model, lr=1e-3)
+    with pytest.raises(ConfigError, match=r"config `lr`: must be positive, got 0"):
+        build_optimizer(nn.Linear(2, 2), lr=0)
+
+
+def _lrs(scheduler, optimizer, steps):
+    """Learning rate used by each of ``steps`` optimizer steps."""
+    out = []
+    for _ in range(steps):
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
+def test_cosine_schedule_values():
+    base, warmup, total, floor = 0.1, 4, 14, 0.2
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=base)
+    lrs = _lrs(cosine_schedule(opt, warmup, total, min_lr_ratio=floor), opt, 20)
+    # Hand-computed points: warm-up (s+1)/4, peak, half-way down the cosine, floor.
+    assert lrs[0] == pytest.approx(0.025)
+    assert lrs[1] == pytest.approx(0.05)
+    assert lrs[3] == pytest.approx(0.1)
+    assert lrs[4] == pytest.approx(0.1)
+    assert lrs[9] == pytest.approx(0.1 * (0.2 + 0.8 * 0.5))
+    assert lrs[14:] == pytest.approx([0.02] * 6)
+    expected = [
+        base * (s + 1) / warmup
+        if s < warmup
+        else base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1, (s - 4) / 10))))
+        for s in range(20)
+    ]
+    assert lrs == pytest.approx(expected, rel=1e-12)
+
+
+def test_cosine_schedule_without_warmup_starts_at_full_lr():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    lrs = _lrs(cosine_schedule(opt, 0, 4), opt, 6)
+    c = 0.5 * math.cos(math.pi / 4)
+    assert lrs == pytest.approx([1.0, 0.5 + c, 0.5, 0.5 - c, 0.0, 0.0])
+
+
+def test_cosine_schedule_state_round_trip():
+    model = Toy()
+    opt = build_optimizer(model, lr=1e-2)
+    sched = cosine_schedule(opt, warmup_steps=3, total_steps=12, min_lr_ratio=0.1)
+    for _ in range(5):
+        model.proj(torch.randn(2, 8)).sum().backward()
+        opt.step()
+        sched.step()
+    buffer = io.BytesIO()
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+
+    model2 = Toy()
+    model2.load_state_dict(model.state_dict())
+    opt2 = build_optimizer(model2, lr=5.0)
+    sched2 = cosine_schedule(opt2, warmup_steps=1, total_steps=100)  # wrong on purpose
+    opt2.load_state_dict(state["optimizer"])
+    sched2.load_state_dict(state["scheduler"])
+    assert _lrs(sched2, opt2, 10) == _lrs(sched, opt, 10)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((-1, 10, 0.0), r"config `warmup_steps`: must be >= 0, got -1"),
+        ((10, 10, 0.0), r"config `total_steps`: must exceed warmup_steps \(10\), got 10"),
+        ((0, 10, 1.5), r"config `min_lr_ratio`: must be in \[0, 1\], got 1.5"),
+    ],
+)
+def test_cosine_schedule_rejects_bad_arguments(args, message):
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ConfigError, match=message):
+        cosine_schedule(opt, *args)
