@@ -142,3 +142,16 @@ def test_gather_points_any_index_shape():
         assert torch.equal(got[b], points[b][idx[b]])
     with pytest.raises(ValueError, match="idx batch size 1 does not match points batch size 2"):
         gather_points(points, idx[:1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    xyz = torch.rand(2, 2000, 3, generator=torch.Generator().manual_seed(9))
+    cuda = xyz.cuda()
+    fps = farthest_point_sample(xyz, 64, start_idx=0)
+    assert torch.equal(farthest_point_sample(cuda, 64, start_idx=0).cpu(), fps)
+    centres = gather_points(xyz, fps)
+    assert torch.equal(knn(centres.cuda(), cuda, 16).cpu(), knn(centres, xyz, 16))
+    assert torch.equal(ball_query(cuda, centres.cuda(), 0.1, 16).cpu(), ball_query(xyz, centres, 0.1, 16))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    assert farthest_point_sample(cuda, 8, generator=gen).device.type == "cuda"
