@@ -230,24 +230,33 @@ class EvalResult:
         return cls(**data)
 
     def save_json(self, path: str | os.PathLike) -> None:
-        """Write atomically (temporary file in the same folder, then rename), so a crash never
-        leaves a truncated result behind."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        """Write atomically, so a crash never leaves a truncated result behind."""
+        write_json_atomic(self.to_dict(), path)
 
     @classmethod
     def load_json(cls, path: str | os.PathLike) -> EvalResult:
         with open(path) as f:
             return cls.from_dict(json.load(f))
+
+
+def write_json_atomic(data: Any, path: str | os.PathLike) -> None:
+    """JSON to a temporary file in the same folder, then renamed over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def save_results(results: Sequence[EvalResult], path: str | os.PathLike) -> None:
+    """Several results as one JSON list, written atomically."""
+    write_json_atomic([r.to_dict() for r in results], path)
 
 
 def _format_value(value: float) -> str:

@@ -162,3 +162,42 @@ def build_lens_model(
     model = LensModel(tokenizer, lens, trunk)
     config = {"modality": modality.name, "tokenizer": dict(tokenizer_cfg or {}), "lens": resolved}
     return model, config
+
+
+def load_lens_model(
+    path: str | Path,
+    backbone: Any = None,
+    backbone_pretrained: str | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[LensModel, Any, dict[str, Any]]:
+    """Rebuild a trained lens model from a lens export or a trainer checkpoint directory.
+
+    ``path`` holds ``lens.safetensors`` + ``config.json`` (what training exports to
+    ``<run>/lens``) or ``weights.safetensors`` + ``config.json`` (a ``checkpoints/step_*``
+    directory). The config names the backbone; pass ``backbone`` to reuse a loaded one, or
+    ``backbone_pretrained`` to take its weights from elsewhere (e.g. a local file).
+    Returns (model, backbone, model config).
+    """
+    from omniclip.backbone import load_backbone
+
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path}: no config.json (expected a lens export or a checkpoint directory)")
+    config = json.loads(config_file.read_text())
+    model_cfg = config.get("model", config)
+    if backbone is None:
+        spec = model_cfg["backbone"]
+        backbone = load_backbone(spec["name"], backbone_pretrained or spec.get("pretrained"), device=device)
+    trunk = backbone.trunk(**model_cfg.get("trunk", {}))
+    model, _ = build_lens_model(model_cfg["modality"], trunk, model_cfg.get("tokenizer"), model_cfg["lens"],
+                                model_cfg["backbone"]["name"])
+    if (path / "lens.safetensors").is_file():
+        state = load_file(str(path / "lens.safetensors"))
+    elif (path / "weights.safetensors").is_file():
+        raw = load_file(str(path / "weights.safetensors"))
+        state = {k[len("model."):]: v for k, v in raw.items() if k.startswith("model.")}
+    else:
+        raise FileNotFoundError(f"{path}: neither lens.safetensors nor weights.safetensors")
+    model.load_trainable_state_dict(state)
+    return model.to(device).eval(), backbone, model_cfg

@@ -15,38 +15,43 @@ from torch import nn
 
 from omniclip.errors import ConfigError
 
-NO_DECAY_KEYWORDS: tuple[str, ...] = (
+NO_DECAY_NAMES: tuple[str, ...] = (
     "latents",
     "pos_emb",
-    "pos_embed",
     "positional_embedding",
     "class_embedding",
     "log_scale",
     "logit_scale",
-    "embedding",
 )
 
 
 def param_groups(
     model: nn.Module,
     weight_decay: float,
-    no_decay_keywords: Sequence[str] = NO_DECAY_KEYWORDS,
+    no_decay_names: Sequence[str] = NO_DECAY_NAMES,
 ) -> list[dict[str, Any]]:
     """Split the trainable parameters of ``model`` into a decayed and an undecayed group.
 
-    A parameter is exempt from decay when it has ndim <= 1 or its qualified name contains any of
-    ``no_decay_keywords`` (substring match). Frozen parameters are left out; a parameter shared
-    by several modules (weight tying) appears once, under its first name. Each group carries its
-    names under ``"param_names"``, the key torch's optimisers keep in their state dict. Empty
-    groups are omitted.
+    A parameter is exempt from decay when it has ndim <= 1 (norms, biases, scalars), when its
+    own name (the last component of its qualified name) is one of ``no_decay_names`` (learned
+    latents, positional tables, temperature), or when it belongs to an ``nn.Embedding``. Matching
+    the own name, not a substring, keeps e.g. the Linear weights of Point-BERT's ``pos_embed``
+    MLP decayed, as in ViT-Lens. Frozen parameters are left out; a parameter shared by several
+    modules (weight tying) appears once, under its first name. Each group carries its names
+    under ``"param_names"``, the key torch's optimisers keep in their state dict. Empty groups
+    are omitted.
     """
+    embedding_params = {
+        id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)
+    }
+    exempt_names = set(no_decay_names)
     decay: tuple[list[nn.Parameter], list[str]] = ([], [])
     no_decay: tuple[list[nn.Parameter], list[str]] = ([], [])
     # named_parameters() yields each Parameter object once, so tied weights are not duplicated.
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        exempt = param.ndim <= 1 or any(k in name for k in no_decay_keywords)
+        exempt = param.ndim <= 1 or name.rsplit(".", 1)[-1] in exempt_names or id(param) in embedding_params
         params, names = no_decay if exempt else decay
         params.append(param)
         names.append(name)

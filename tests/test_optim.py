@@ -48,12 +48,15 @@ def test_param_groups_split_decay_by_rank_and_name():
 
 def test_param_groups_custom_keywords_and_empty_group_omitted():
     model = nn.Sequential(nn.Linear(3, 4, bias=False), nn.Linear(4, 2, bias=False))
-    groups = param_groups(model, 0.1, no_decay_keywords=())
+    groups = param_groups(model, 0.1, no_decay_names=())
     assert len(groups) == 1 and groups[0]["param_names"] == ["0.weight", "1.weight"]
-    groups = param_groups(model, 0.1, no_decay_keywords=("1.",))
+    # the parameter's own name is matched, not a substring of its path
+    mlp = nn.ModuleDict({"pos_embed": nn.Sequential(nn.Linear(3, 4)), "x": nn.Linear(2, 2)})
+    mlp.register_parameter("pos_emb", nn.Parameter(torch.zeros(3, 4)))
+    groups = param_groups(mlp, 0.1)
     assert [(g["param_names"], g["weight_decay"]) for g in groups] == [
-        (["0.weight"], 0.1),
-        (["1.weight"], 0.0),
+        (["pos_embed.0.weight", "x.weight"], 0.1),
+        (["pos_emb", "pos_embed.0.bias", "x.bias"], 0.0),
     ]
 
 

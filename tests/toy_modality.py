@@ -6,13 +6,14 @@ caption and a tiny image whose colour encodes the class, so text and image ancho
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from omniclip.errors import SampleError
+from omniclip.errors import ConfigError, SampleError
 from omniclip.modality import Modality, TrunkSpec
 
 CLASSES = ["red", "green", "blue", "yellow"]
@@ -64,6 +65,8 @@ class ToyModality(Modality):
         return ToyTokenizer(3, int(cfg.get("dim", 24)), int(cfg.get("num_points", 10)))
 
     def build_dataset(self, cfg: Mapping[str, Any], split: str, **kwargs: Any) -> Dataset:
+        if "root" in cfg and not Path(cfg["root"]).is_dir():
+            raise ConfigError("root", f"folder {cfg['root']} does not exist")
         return ToyDataset(int(cfg.get("size", 32)), int(cfg.get("num_points", 10)), int(cfg.get("image_size", 32)),
                           tuple(cfg.get("bad", ())))
 

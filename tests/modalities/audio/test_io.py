@@ -161,13 +161,15 @@ def test_formats_beyond_libsndfile_need_torchcodec(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)
     path = tmp_path / "clip.m4a"
     path.write_bytes(b"\x00\x00\x00\x20ftypM4A " + bytes(64))
-    with _raises(path, r"decoding '\.m4a' files needs FFmpeg and torchcodec \(apt-get install ffmpeg; pip install torchcodec\)"):
+    needs = r"decoding '\.m4a' files needs FFmpeg and torchcodec \(apt-get install ffmpeg; pip install torchcodec\)"
+    with _raises(path, needs):
         load_audio(path)
 
 
 def test_train_clip_is_a_random_crop():
     wave = torch.arange(100, dtype=torch.float32)
-    clips = sample_clips(wave, sr=10, clip_seconds=3.0, num_clips=64, train=True, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    clips = sample_clips(wave, sr=10, clip_seconds=3.0, num_clips=64, train=True, generator=gen)
     assert clips.shape == (64, 30)
     starts = clips[:, 0].long()
     torch.testing.assert_close(clips, (starts[:, None] + torch.arange(30)).float())
@@ -187,7 +189,8 @@ def test_short_wave_is_repeated_to_length():
     wave = torch.arange(7, dtype=torch.float32)
     eval_clips = sample_clips(wave, sr=10, clip_seconds=2.0, num_clips=3, train=False)
     assert torch.equal(eval_clips, (torch.arange(20) % 7).float().expand(3, 20))
-    train_clips = sample_clips(wave, sr=10, clip_seconds=2.0, num_clips=16, train=True, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    train_clips = sample_clips(wave, sr=10, clip_seconds=2.0, num_clips=16, train=True, generator=gen)
     offsets = train_clips[:, 0].long()
     torch.testing.assert_close(train_clips, ((offsets[:, None] + torch.arange(20)) % 7).float())
     assert len(set(offsets.tolist())) > 1

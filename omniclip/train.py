@@ -1,0 +1,148 @@
+"""``omniclip-train``: the recipe-driven training command (hydra app).
+
+    omniclip-train experiment=pointcloud/vitlens_l_shapenet
+    torchrun --nproc-per-node 8 -m omniclip.train experiment=...
+    omniclip-train experiment=... debug=default        # CPU-fast smoke run
+
+Running the same command again resumes from the newest checkpoint in ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Dataset, Subset
+
+from omniclip.anchors import AnchorStore
+from omniclip.backbone import ClipBackbone, load_backbone
+from omniclip.distributed import DistEnv, cleanup, init_distributed
+from omniclip.errors import ConfigError
+from omniclip.losses import LogitScale
+from omniclip.modality import Modality, get_modality
+from omniclip.model import LensModel, build_lens_model
+from omniclip.objective import ContrastiveObjective
+from omniclip.trainer import Trainer, TrainResult, trainer_config_from
+
+log = logging.getLogger(__name__)
+
+
+#: Top-level keys of a recipe; a ConfigError key starting with one of them is already absolute.
+RECIPE_GROUPS = ("backbone", "trunk", "lens", "modality", "data", "loss", "anchors", "trainer", "eval")
+
+
+@contextlib.contextmanager
+def config_scope(prefix: str) -> Iterator[None]:
+    """Re-raise a ConfigError from inside with its key made absolute (``root`` -> ``data.train.root``)."""
+    try:
+        yield
+    except ConfigError as exc:
+        if exc.key.split(".")[0] in RECIPE_GROUPS:
+            raise
+        raise ConfigError(f"{prefix}.{exc.key}", exc.problem) from exc
+
+
+def build_dataset(modality: Modality, cfg: Mapping[str, Any], split: str, key: str) -> Dataset:
+    """The modality's dataset for ``cfg``; a ``limit`` key keeps only the first samples."""
+    params = dict(cfg)
+    limit = params.pop("limit", None)
+    with config_scope(key):
+        dataset = modality.build_dataset(params, split)
+    if limit is not None and limit < len(dataset):
+        subset = Subset(dataset, range(int(limit)))
+        for attr in ("class_names", "multilabel", "captions"):  # what evaluation reads
+            if hasattr(dataset, attr):
+                setattr(subset, attr, getattr(dataset, attr))
+        return subset
+    return dataset
+
+
+def build_backbone(cfg: Mapping[str, Any], device: torch.device) -> ClipBackbone:
+    with config_scope("backbone"):
+        return load_backbone(cfg["name"], cfg.get("pretrained"), device=device,
+                             precision=cfg.get("precision", "fp32"), cache_dir=cfg.get("cache_dir"))
+
+
+def build_model(cfg: DictConfig, backbone: ClipBackbone) -> tuple[LensModel, dict[str, Any]]:
+    with config_scope("modality"):
+        modality = get_modality(cfg.modality.name)
+    trunk_cfg = OmegaConf.to_container(cfg.trunk, resolve=True)
+    with config_scope("trunk"):
+        trunk = backbone.trunk(**trunk_cfg)
+    tokenizer_cfg = OmegaConf.to_container(cfg.modality.get("tokenizer", {}), resolve=True)
+    # null = keep the modality's default for that key
+    lens_cfg = {k: v for k, v in OmegaConf.to_container(cfg.lens, resolve=True).items() if v is not None}
+    with config_scope("modality.tokenizer"):
+        model, model_cfg = build_lens_model(modality, trunk, tokenizer_cfg, lens_cfg, backbone.name)
+    model_cfg.update(trunk=trunk_cfg, backbone={"name": backbone.name, "pretrained": backbone.pretrained})
+    return model, model_cfg
+
+
+def build_objective(cfg: Mapping[str, Any], anchors: AnchorStore) -> ContrastiveObjective:
+    scale = cfg.get("scale") or anchors.backbone.logit_scale
+    with config_scope("loss"):
+        return ContrastiveObjective(
+            anchors,
+            LogitScale(scale, learnable=bool(cfg.get("learnable_scale", False))),
+            text_weight=float(cfg.get("text_weight", 1.0)),
+            image_weight=float(cfg.get("image_weight", 1.0)),
+            class_weight=float(cfg.get("class_weight", 0.0)),
+            label_smoothing=float(cfg.get("label_smoothing", 0.0)),
+            same_text_is_positive=bool(cfg.get("same_text_is_positive", True)),
+        )
+
+
+def build_trainer(cfg: DictConfig, env: DistEnv | None = None) -> tuple[Trainer, LensModel, dict[str, Any]]:
+    """Everything a run needs, validated before any training step."""
+    from omniclip.zeroshot import make_evaluators
+
+    env = env or init_distributed(cfg.get("device"))
+    trainer_cfg = trainer_config_from(OmegaConf.to_container(cfg.trainer, resolve=True))
+    backbone = build_backbone(cfg.backbone, env.device)
+    model, model_cfg = build_model(cfg, backbone)
+    modality = get_modality(cfg.modality.name)
+    if "train" not in cfg.data:
+        raise ConfigError("data.train", "the data group must define a `train` dataset")
+    dataset = build_dataset(modality, OmegaConf.to_container(cfg.data.train, resolve=True), "train", "data.train")
+    anchors = AnchorStore(backbone, cfg.anchors.get("cache_dir"), int(cfg.anchors.get("batch_size", 256)))
+    objective = build_objective(OmegaConf.to_container(cfg.loss, resolve=True), anchors)
+    eval_cfg = OmegaConf.to_container(cfg.eval, resolve=True)
+    evaluators = make_evaluators(modality, eval_cfg, anchors, env.device, trainer_cfg.num_workers,
+                                 trainer_cfg.bad_samples)
+    trainer_cfg.eval_every = eval_cfg.get("every")
+    run_config = {"model": model_cfg, "recipe": OmegaConf.to_container(cfg, resolve=True)}
+    trainer = Trainer(trainer_cfg, model, objective, dataset, modality.collate, cfg.output_dir, env=env,
+                      evaluators=evaluators, run_config=run_config)
+    return trainer, model, model_cfg
+
+
+def run(cfg: DictConfig) -> TrainResult:
+    """Train as the recipe says, then export the lens to ``<output_dir>/lens``."""
+    trainer, model, model_cfg = build_trainer(cfg)
+    try:
+        result = trainer.fit()
+        trainer.objective.anchors.flush()  # every rank: shards have unique names
+        if trainer.env.is_main:
+            model.save_lens(Path(cfg.output_dir) / "lens", model_cfg)
+            log.info("lens exported to %s", Path(cfg.output_dir) / "lens")
+        return result
+    finally:
+        cleanup()
+
+
+@hydra.main(version_base="1.3", config_path="pkg://omniclip.recipes", config_name="train")
+def _hydra_main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

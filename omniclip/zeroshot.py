@@ -1,0 +1,168 @@
+"""Zero-shot evaluation of a lens model: classification by class-name prompts, and retrieval.
+
+    omniclip-zeroshot checkpoint=runs/<run>/lens eval=<tasks>
+
+The same task entries (recipes/eval/*.yaml) drive the trainer's periodic evaluation through
+`make_evaluators`. Class embeddings come from the frozen text tower through the anchor cache,
+so a classifier is computed once per (model, weights, prompt).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader
+
+from omniclip.anchors import AnchorStore
+from omniclip.data import SafeDataset, collate_skipping
+from omniclip.errors import ConfigError
+from omniclip.evaluation import (
+    EvalResult,
+    build_classifier,
+    collect_embeddings,
+    format_results_table,
+    save_results,
+    zero_shot_classification,
+)
+from omniclip.metrics import retrieval_metrics
+from omniclip.modality import Modality, get_modality
+
+log = logging.getLogger(__name__)
+
+TASK_TYPES = ("classification", "retrieval")
+
+
+def evaluate_task(
+    model: nn.Module,
+    modality: Modality,
+    task: Mapping[str, Any],
+    anchors: AnchorStore,
+    device: torch.device | str,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    bad_samples: str = "stop",
+    key: str = "eval",
+) -> dict[str, Any]:
+    """Run one task entry ({type, dataset, templates}) and return its metrics (percent)."""
+    from omniclip.train import build_dataset
+
+    kind = task.get("type", "classification")
+    if kind not in TASK_TYPES:
+        raise ConfigError(f"{key}.type", f"`{kind}` is not one of {TASK_TYPES}")
+    if "dataset" not in task:
+        raise ConfigError(f"{key}.dataset", "missing")
+    dataset = build_dataset(modality, task["dataset"], task["dataset"].get("split", "test"), f"{key}.dataset")
+    loader = DataLoader(SafeDataset(dataset, bad_samples), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=collate_skipping(modality.collate))
+    skipped: list[tuple[str, str]] = []
+    batches = _usable_batches(loader, skipped)
+    if kind == "classification":
+        class_names = getattr(dataset, "class_names", None)
+        if class_names is None:
+            if "name" not in task["dataset"]:
+                raise ConfigError(f"{key}.dataset.name", "needed to look up the class names")
+            class_names = modality.class_names(task["dataset"]["name"])
+        templates = modality.template_set(task.get("templates"))
+        classifier = build_classifier(anchors.text, list(class_names), templates)
+        embeddings, labels = collect_embeddings(model, batches, device)
+        if labels is None:
+            raise ConfigError(f"{key}.dataset", "a classification dataset must give `label` for each sample")
+        metrics = zero_shot_classification(embeddings, labels, classifier.to(embeddings.device),
+                                           multilabel=bool(getattr(dataset, "multilabel", False)))
+    else:
+        captions = getattr(dataset, "captions", None)
+        if captions is None:
+            raise ConfigError(f"{key}.dataset", "a retrieval dataset must expose `captions` (a list per item)")
+        embeddings, _ = collect_embeddings(model, batches, device)
+        if embeddings.shape[0] != len(captions):
+            raise RuntimeError(f"{len(captions)} items have captions but {embeddings.shape[0]} were embedded "
+                               f"({len(skipped)} skipped); retrieval needs every item")
+        texts = [c for item in captions for c in item]
+        text_to_item = torch.tensor([i for i, item in enumerate(captions) for _ in item])
+        text_emb = anchors.text(texts).to(embeddings.device)
+        metrics = retrieval_metrics(embeddings, text_emb, text_to_item.to(embeddings.device))
+        metrics["num_samples"] = embeddings.shape[0]
+    anchors.flush()
+    if skipped:
+        log.warning("%s: skipped %d samples (first: %s)", key, len(skipped), skipped[0])
+        metrics["skipped"] = len(skipped)
+    return metrics
+
+
+def _usable_batches(loader: DataLoader, skipped: list[tuple[str, str]]):
+    """Batches with samples left, recording what the skip policy dropped."""
+    for batch in loader:
+        skipped.extend(batch.pop("skipped", []))
+        if "inputs" in batch:
+            yield batch
+
+
+def make_evaluators(
+    modality: Modality,
+    eval_cfg: Mapping[str, Any],
+    anchors: AnchorStore,
+    device: torch.device | str,
+    num_workers: int = 0,
+    bad_samples: str = "stop",
+) -> dict[str, Callable[[nn.Module], dict[str, Any]]]:
+    """name -> evaluator(model) for every task in an eval config (recipes/eval/*.yaml)."""
+    tasks = eval_cfg.get("tasks") or {}
+    batch_size = int(eval_cfg.get("batch_size", 32))
+    for name, task in tasks.items():
+        kind = task.get("type", "classification")
+        if kind not in TASK_TYPES:
+            raise ConfigError(f"eval.tasks.{name}.type", f"`{kind}` is not one of {TASK_TYPES}")
+
+    def bind(name: str, task: Mapping[str, Any]) -> Callable[[nn.Module], dict[str, Any]]:
+        return lambda model: evaluate_task(model, modality, task, anchors, device, batch_size, num_workers,
+                                           bad_samples, key=f"eval.tasks.{name}")
+
+    return {name: bind(name, task) for name, task in tasks.items()}
+
+
+def run(cfg: DictConfig) -> list[EvalResult]:
+    """Evaluate ``cfg.checkpoint`` on every task of ``cfg.eval``; write JSON and print a table."""
+    from omniclip.model import load_lens_model
+
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    checkpoint = Path(cfg.checkpoint)
+    model, backbone, model_cfg = load_lens_model(checkpoint, backbone_pretrained=cfg.get("backbone_pretrained"),
+                                                 device=device)
+    modality = get_modality(model_cfg["modality"])
+    anchors = AnchorStore(backbone, cfg.anchors.get("cache_dir"), int(cfg.anchors.get("batch_size", 256)))
+    eval_cfg = OmegaConf.to_container(cfg.eval, resolve=True)
+    if not eval_cfg.get("tasks"):
+        raise ConfigError("eval.tasks", "no evaluation task configured")
+    evaluators = make_evaluators(modality, eval_cfg, anchors, device, int(cfg.num_workers), cfg.bad_samples)
+    results = []
+    for name, evaluator in evaluators.items():
+        metrics = evaluator(model)
+        results.append(EvalResult(
+            task=eval_cfg["tasks"][name].get("type", "classification"), dataset=name, modality=modality.name,
+            model=f"{backbone.name}:{backbone.pretrained or 'random'}", checkpoint=str(checkpoint),
+            metrics=metrics, num_samples=int(metrics.get("num_samples", 0)),
+        ))
+    output = Path(cfg.output) if cfg.get("output") else checkpoint / "zeroshot.json"
+    save_results(results, output)
+    print(format_results_table(results))
+    print(f"results written to {output}")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="pkg://omniclip.recipes", config_name="zeroshot")
+def _hydra_main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
