@@ -9,7 +9,7 @@ tensor is matched by exactly one checkpoint tensor of the same shape; otherwise 
 A `Converter` bundles a key map with a function building the target module. Converters register
 under ``registry`` kind ``"converter"`` with names ``"<modality>.<variant>"`` (for example
 ``"pointcloud.vitlens-l"``) so that looking one up imports ``omniclip.modalities.<modality>``.
-``omniclip-convert`` (`main`) runs one and writes ``model.safetensors`` + ``config.json``.
+``omniclip-convert`` (`main`) runs one and writes ``lens.safetensors`` + ``config.json``.
 """
 
 from __future__ import annotations
@@ -376,7 +376,10 @@ class Converter:
     """A published checkpoint layout and the omniclip module it imports into.
 
     ``build(config)`` returns the target module; ``config`` is ``default_config`` with the user's
-    overrides applied (dotted keys reach into nested dicts; unknown keys are refused).
+    overrides applied (dotted keys reach into nested dicts; unknown keys are refused). For lens
+    checkpoints, ``default_config`` is a lens-model config (``modality``, ``backbone``,
+    ``tokenizer``, ``lens``, ``trunk``) and ``build`` returns a module whose state dict has the
+    `LensModel.trainable_state_dict` keys, so the output loads with `load_lens_model`.
     """
 
     name: str
@@ -438,14 +441,15 @@ def convert(
 ) -> LoadReport:
     """Import ``src_path`` with converter ``converter_name``; write it to ``out_dir``.
 
-    Writes ``model.safetensors`` (the module's full state dict) and ``config.json``
-    (``{"converter", "config", "source"}``), each atomically, only after a strict load succeeded.
+    Writes ``lens.safetensors`` (the module's full state dict) and ``config.json`` (the config
+    plus ``converted_from: {converter, source}``), the lens-export layout that
+    `omniclip.model.load_lens_model` reads, each atomically, only after a strict load succeeded.
     """
     from safetensors.torch import save_file
 
     converter = get_converter(converter_name)
     config = _apply_overrides(converter.default_config, config_overrides or {})
-    record = {"converter": converter.name, "config": config, "source": str(src_path)}
+    record = {**config, "converted_from": {"converter": converter.name, "source": str(src_path)}}
     try:
         config_text = json.dumps(record, indent=2) + "\n"
     except TypeError as exc:
@@ -464,7 +468,7 @@ def convert(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt", "converter": converter.name}
-    _atomic_write(out / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata))
+    _atomic_write(out / "lens.safetensors", lambda tmp: save_file(tensors, tmp, metadata))
     _atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(config_text))
     return report
 

@@ -19,7 +19,7 @@ Samples are dicts with singular keys (``inputs``, ``label``, ``text``, ``image``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -55,8 +55,15 @@ class Modality:
         """Module mapping ``batch['inputs']`` to tokens [B, N, d] (positions already added)."""
         raise NotImplementedError(f"modality `{self.name}` has no tokenizer")
 
-    def build_dataset(self, cfg: Mapping[str, Any], split: str, **kwargs: Any) -> Dataset:
-        """Dataset of sample dicts for ``split`` ("train", "val", "test")."""
+    def build_dataset(
+        self, cfg: Mapping[str, Any], split: str, image_transform: Callable[[Any], torch.Tensor] | None = None
+    ) -> Dataset:
+        """Dataset of sample dicts for ``split`` ("train", "val", "test").
+
+        ``image_transform`` is the backbone's CLIP preprocessing, for datasets with paired images.
+        Raise `ConfigError` with keys relative to ``cfg`` (``"root"``) for bad settings, and
+        `SampleError` from ``__getitem__`` for bad files.
+        """
         raise NotImplementedError(f"modality `{self.name}` has no dataset `{cfg.get('name')}`")
 
     def collate(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

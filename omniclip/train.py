@@ -47,12 +47,18 @@ def config_scope(prefix: str) -> Iterator[None]:
         raise ConfigError(f"{prefix}.{exc.key}", exc.problem) from exc
 
 
-def build_dataset(modality: Modality, cfg: Mapping[str, Any], split: str, key: str) -> Dataset:
-    """The modality's dataset for ``cfg``; a ``limit`` key keeps only the first samples."""
+def build_dataset(
+    modality: Modality, cfg: Mapping[str, Any], split: str, key: str, image_transform: Any = None
+) -> Dataset:
+    """The modality's dataset for ``cfg``; a ``limit`` key keeps only the first samples.
+
+    ``image_transform`` (the backbone's CLIP preprocessing) is handed to datasets that load
+    paired images for image anchors.
+    """
     params = dict(cfg)
     limit = params.pop("limit", None)
     with config_scope(key):
-        dataset = modality.build_dataset(params, split)
+        dataset = modality.build_dataset(params, split, image_transform=image_transform)
     if limit is not None and limit < len(dataset):
         subset = Subset(dataset, range(int(limit)))
         for attr in ("class_names", "multilabel", "captions"):  # what evaluation reads
@@ -108,7 +114,8 @@ def build_trainer(cfg: DictConfig, env: DistEnv | None = None) -> tuple[Trainer,
     modality = get_modality(cfg.modality.name)
     if "train" not in cfg.data:
         raise ConfigError("data.train", "the data group must define a `train` dataset")
-    dataset = build_dataset(modality, OmegaConf.to_container(cfg.data.train, resolve=True), "train", "data.train")
+    dataset = build_dataset(modality, OmegaConf.to_container(cfg.data.train, resolve=True), "train", "data.train",
+                            image_transform=backbone.preprocess)
     anchors = AnchorStore(backbone, cfg.anchors.get("cache_dir"), int(cfg.anchors.get("batch_size", 256)))
     objective = build_objective(OmegaConf.to_container(cfg.loss, resolve=True), anchors)
     eval_cfg = OmegaConf.to_container(cfg.eval, resolve=True)

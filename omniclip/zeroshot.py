@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from omniclip.anchors import AnchorStore
-from omniclip.data import SafeDataset, collate_skipping
+from omniclip.data import SafeDataset, SeededDataset, collate_skipping
 from omniclip.errors import ConfigError
 from omniclip.evaluation import (
     EvalResult,
@@ -58,8 +58,11 @@ def evaluate_task(
     if "dataset" not in task:
         raise ConfigError(f"{key}.dataset", "missing")
     dataset = build_dataset(modality, task["dataset"], task["dataset"].get("split", "test"), f"{key}.dataset")
-    loader = DataLoader(SafeDataset(dataset, bad_samples), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=collate_skipping(modality.collate))
+    # Samples seeded by index: any randomness in loading (e.g. a random FPS start) is the same
+    # in every evaluation, so periodic evaluations and the CLI agree exactly.
+    loader = DataLoader(SeededDataset(SafeDataset(dataset, bad_samples), seed=0), batch_size=batch_size,
+                        sampler=[(0, i) for i in range(len(dataset))], num_workers=num_workers,
+                        collate_fn=collate_skipping(modality.collate))
     skipped: list[tuple[str, str]] = []
     batches = _usable_batches(loader, skipped)
     if kind == "classification":

@@ -349,14 +349,14 @@ def test_convert_writes_safetensors_and_config(tmp_path):
     out = tmp_path / "out" / "lens"
     report = convert("testmodality.tiny", src, out)
     assert report.loaded == 12
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "lens.safetensors"]
     assert json.loads((out / "config.json").read_text()) == {
-        "converter": "testmodality.tiny",
-        "config": {"width": 4, "depth": 2},
-        "source": str(src),
+        "width": 4,
+        "depth": 2,
+        "converted_from": {"converter": "testmodality.tiny", "source": str(src)},
     }
     module = Tiny()
-    module.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
+    module.load_state_dict(load_file(str(out / "lens.safetensors")), strict=True)
     assert_loaded_from(module, tensors)
 
 
@@ -398,4 +398,4 @@ def test_cli_convert_success_and_failures(tmp_path, capsys):
 
     assert main(args) == 0
     assert "loaded 12 tensors from" in capsys.readouterr().out
-    assert (out / "model.safetensors").is_file()
+    assert (out / "lens.safetensors").is_file()

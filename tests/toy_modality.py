@@ -64,7 +64,7 @@ class ToyModality(Modality):
     def build_tokenizer(self, cfg: Mapping[str, Any], trunk: TrunkSpec) -> nn.Module:
         return ToyTokenizer(3, int(cfg.get("dim", 24)), int(cfg.get("num_points", 10)))
 
-    def build_dataset(self, cfg: Mapping[str, Any], split: str, **kwargs: Any) -> Dataset:
+    def build_dataset(self, cfg: Mapping[str, Any], split: str, image_transform=None) -> Dataset:
         if "root" in cfg and not Path(cfg["root"]).is_dir():
             raise ConfigError("root", f"folder {cfg['root']} does not exist")
         return ToyDataset(int(cfg.get("size", 32)), int(cfg.get("num_points", 10)), int(cfg.get("image_size", 32)),
