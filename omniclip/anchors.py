@@ -18,7 +18,7 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from safetensors import safe_open
@@ -134,3 +134,48 @@ class AnchorStore:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def precompute(cfg: Any) -> dict[str, int]:
+    """Fill the anchor cache for a training recipe: captions and paired images of ``data.train``
+    and the class prompts of every ``eval`` task. Returns how many features were computed."""
+    from omegaconf import OmegaConf
+    from torch.utils.data import DataLoader
+
+    from omniclip.data import SafeDataset, collate_skipping
+    from omniclip.distributed import init_distributed
+    from omniclip.modality import get_modality
+    from omniclip.train import build_backbone, build_dataset
+    from omniclip.zeroshot import task_classifier
+
+    env = init_distributed(cfg.get("device"))
+    backbone = build_backbone(cfg.backbone, env.device)
+    modality = get_modality(cfg.modality.name)
+    store = AnchorStore(backbone, cfg.anchors.cache_dir, int(cfg.anchors.get("batch_size", 256)))
+    dataset = build_dataset(modality, OmegaConf.to_container(cfg.data.train, resolve=True), "train", "data.train",
+                            image_transform=backbone.preprocess)
+    loader = DataLoader(SafeDataset(dataset, cfg.trainer.bad_samples), batch_size=store.batch_size,
+                        num_workers=int(cfg.trainer.num_workers), collate_fn=collate_skipping(modality.collate))
+    for batch in loader:
+        if batch.get("texts") is not None:
+            store.text(batch["texts"])
+        if batch.get("image_keys") is not None:
+            store.image(batch["image_keys"], batch.get("images"))
+        store.flush()
+    for name, task in (OmegaConf.to_container(cfg.eval, resolve=True).get("tasks") or {}).items():
+        if task.get("type", "classification") != "classification":
+            continue
+        eval_set = build_dataset(modality, task["dataset"], task["dataset"].get("split", "test"),
+                                 f"eval.tasks.{name}.dataset")
+        task_classifier(modality, eval_set, task, store, f"eval.tasks.{name}")
+        store.flush()
+    counts = {tower: store.misses[tower] for tower in TOWERS}
+    print(f"anchors computed: {counts} (cache hits: {store.hits}); cache: {cfg.anchors.cache_dir}")
+    return counts
+
+
+def main() -> None:
+    """``omniclip-anchors <same overrides as omniclip-train>``: precompute the anchor cache."""
+    import hydra
+
+    hydra.main(version_base="1.3", config_path="pkg://omniclip.recipes", config_name="train")(precompute)()

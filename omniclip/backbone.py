@@ -110,13 +110,21 @@ def load_backbone(
     precision: str = "fp32",
     cache_dir: str | None = None,
     freeze: bool = True,
+    init_seed: int = 0,
 ) -> ClipBackbone:
-    """Build an open_clip model and its weights; see the module docstring for ``pretrained``."""
+    """Build an open_clip model and its weights; see the module docstring for ``pretrained``.
+
+    Random initialisation (``pretrained=None``) draws from a generator seeded with
+    ``init_seed``, so a run with random weights is reproducible and can be resumed (the frozen
+    trunk is the same in every process), and the anchor cache stays valid across runs.
+    """
     model_name, weights = _resolve(name, pretrained or None, cache_dir)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=weights, device=device, precision=precision, cache_dir=cache_dir
-        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=weights, device=device, precision=precision, cache_dir=cache_dir
+            )
     except RuntimeError as exc:
         if "Unknown model" in str(exc) or "Model config" in str(exc):
             raise ConfigError("backbone.name", f"unknown open_clip model `{name}`") from exc

@@ -110,6 +110,7 @@ def build_trainer(cfg: DictConfig, env: DistEnv | None = None) -> tuple[Trainer,
     env = env or init_distributed(cfg.get("device"))
     trainer_cfg = trainer_config_from(OmegaConf.to_container(cfg.trainer, resolve=True))
     backbone = build_backbone(cfg.backbone, env.device)
+    torch.manual_seed(trainer_cfg.seed)  # lens initialisation: the same on every rank and every run
     model, model_cfg = build_model(cfg, backbone)
     modality = get_modality(cfg.modality.name)
     if "train" not in cfg.data:

@@ -131,8 +131,9 @@ class Trainer:
         self.objective = objective.to(self.device)
         if cfg.grad_checkpointing and hasattr(model, "set_grad_checkpointing"):
             model.set_grad_checkpointing(True)
-        # One container so optimizer, checkpoints and DDP see model and objective together.
-        self.trainable = nn.ModuleDict({"model": self.model, "objective": self.objective})
+        # One module so optimizer, checkpoints and DDP see model and objective together; DDP's
+        # gradient synchronisation needs the forward to go through it.
+        self.trainable = _TrainStep(self.model, self.objective)
         self.ddp = (
             DistributedDataParallel(self.trainable, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.env.world_size > 1
@@ -264,8 +265,7 @@ class Trainer:
             context = module.no_sync() if (self.ddp is not None and not sync) else _nullcontext()
             with context:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_autocast):
-                    embeddings = module["model"](batch) if self.ddp is None else self.ddp.module["model"](batch)
-                    loss, logs = self.objective(embeddings.float(), batch)
+                    loss, logs = module(batch)
                 if not torch.isfinite(loss):
                     finite = False
                 self.scaler.scale(loss / cfg.grad_accum_steps).backward()
@@ -366,6 +366,18 @@ class Trainer:
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
+
+
+class _TrainStep(nn.Module):
+    """model + objective as one module: batch -> (loss, logs)."""
+
+    def __init__(self, model: nn.Module, objective: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.objective(self.model(batch).float(), batch)
 
 
 def _trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:

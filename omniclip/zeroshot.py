@@ -66,13 +66,7 @@ def evaluate_task(
     skipped: list[tuple[str, str]] = []
     batches = _usable_batches(loader, skipped)
     if kind == "classification":
-        class_names = getattr(dataset, "class_names", None)
-        if class_names is None:
-            if "name" not in task["dataset"]:
-                raise ConfigError(f"{key}.dataset.name", "needed to look up the class names")
-            class_names = modality.class_names(task["dataset"]["name"])
-        templates = modality.template_set(task.get("templates"))
-        classifier = build_classifier(anchors.text, list(class_names), templates)
+        classifier = task_classifier(modality, dataset, task, anchors, key)
         embeddings, labels = collect_embeddings(model, batches, device)
         if labels is None:
             raise ConfigError(f"{key}.dataset", "a classification dataset must give `label` for each sample")
@@ -96,6 +90,18 @@ def evaluate_task(
         log.warning("%s: skipped %d samples (first: %s)", key, len(skipped), skipped[0])
         metrics["skipped"] = len(skipped)
     return metrics
+
+
+def task_classifier(
+    modality: Modality, dataset: Any, task: Mapping[str, Any], anchors: AnchorStore, key: str = "eval"
+) -> torch.Tensor:
+    """Class embeddings [C, E] of a classification task: its class names x the modality's templates."""
+    class_names = getattr(dataset, "class_names", None)
+    if class_names is None:
+        if "name" not in task["dataset"]:
+            raise ConfigError(f"{key}.dataset.name", "needed to look up the class names")
+        class_names = modality.class_names(task["dataset"]["name"])
+    return build_classifier(anchors.text, list(class_names), modality.template_set(task.get("templates")))
 
 
 def _usable_batches(loader: DataLoader, skipped: list[tuple[str, str]]):

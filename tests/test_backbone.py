@@ -17,6 +17,17 @@ def test_tiny_backbone_towers(tiny_backbone):
     assert not any(p.requires_grad for p in tiny_backbone.model.parameters())
 
 
+def test_random_init_is_reproducible_and_leaves_global_rng_alone():
+    torch.manual_seed(5)
+    expected_next = torch.rand(1)
+    torch.manual_seed(5)
+    a = load_backbone("omniclip-tiny")
+    assert torch.equal(torch.rand(1), expected_next)
+    b = load_backbone("omniclip-tiny")
+    c = load_backbone("omniclip-tiny", init_seed=1)
+    assert a.fingerprint("text") == b.fingerprint("text") != c.fingerprint("text")
+
+
 def test_local_weights_file_loads(tmp_path, tiny_backbone):
     path = tmp_path / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in tiny_backbone.model.state_dict().items()}, str(path))

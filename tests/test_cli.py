@@ -77,3 +77,16 @@ def test_console_entry_point_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "run" / "lens" / "lens.safetensors").is_file()
     assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
+
+
+def test_precomputed_anchors_mean_training_never_runs_a_tower(tmp_path):
+    from omniclip.anchors import precompute
+
+    cfg = compose_train(tmp_path, "eval=toy", "trainer.max_steps=2")
+    counts = precompute(cfg)
+    assert counts["text"] == 4 + 4 * 2  # 4 captions + 4 classes x 2 templates
+    assert counts["image"] == 4  # one image per class in the toy data
+    trainer, _, _ = train.build_trainer(cfg)
+    trainer.fit()
+    assert trainer.objective.anchors.tower_calls == {"text": 0, "image": 0}
+    assert trainer.objective.anchors.hits["text"] > 0

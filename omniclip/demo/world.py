@@ -50,10 +50,10 @@ class WorldConfig:
 
     classes: tuple[str, ...] = CLASS_NAMES
     num_points: int = 512  # points per cloud (what the lens reads)
-    render_points: int = 3072  # noiseless surface samples per shape for the renderer
+    render_points: int = 6144  # noiseless surface samples per shape for the renderer
     noise: float = 0.01  # std of the Gaussian jitter added to cloud points
     scale_range: tuple[float, float] = (0.55, 0.95)
-    max_tilt: float = 0.6  # radians, about the camera's horizontal axis
+    tilt_range: tuple[float, float] = (-0.2, 0.9)  # radians about the horizontal axis; > 0 shows the top
     max_roll: float = 0.3  # radians, about the viewing axis
     lying_probability: float = 0.25  # chance that a shape lies on its side
     max_offset: float = 0.04
@@ -84,6 +84,8 @@ class ShapeBatch:
 def canonical_params(name: str, elongation: Tensor) -> Tensor:
     """[n, 3] shape parameters from the elongation ratio (height over width), axis along z.
 
+    For the torus the ratio sets the thickness of the ring instead.
+
     box, pyramid, prism: (half width x, half depth y, half height z); sphere, dome: ellipsoid
     radii; cylinder, cone: (radius, radius, half height); capsule: (radius, radius, half length
     of the straight part); torus: (major radius, minor radius, 0); tube: (outer radius, inner
@@ -100,7 +102,7 @@ def canonical_params(name: str, elongation: Tensor) -> Tensor:
     if name == "capsule":
         return torch.stack([0.5 * one, 0.5 * one, e], dim=1)
     if name == "torus":
-        return torch.stack([one, 0.35 * e.clamp(max=2.0) ** 0.5 * 0.8, torch.zeros_like(e)], dim=1)
+        return torch.stack([one, 0.3 * e, torch.zeros_like(e)], dim=1)
     if name == "tube":
         return torch.stack([one, 0.7 * one, e], dim=1)
     raise ValueError(f"unknown shape class `{name}`")
@@ -184,8 +186,6 @@ def _dome(p: Tensor, m: int, g: torch.Generator) -> Tensor:
     """Upper half ellipsoid plus its base disk, centred on its half height."""
     n = p.shape[0]
     a, c = p[:, 0:1], p[:, 2:3]
-    cap = _direction(g, n, m).abs() * torch.tensor([1.0, 1.0, 1.0])
-    cap = torch.where(torch.arange(3) == 2, cap, _direction(g, n, m)) if False else cap
     d = _direction(g, n, m)
     cap = torch.stack([d[..., 0], d[..., 1], d[..., 2].abs()], -1) * p[:, None, :]
     base = _disk(_uniform(g, n, m), _uniform(g, n, m), a, torch.zeros(n, 1))
@@ -261,3 +261,97 @@ def sample_surface(name: str, params: Tensor, num: int, generator: torch.Generat
     if name not in _SAMPLERS:
         raise ValueError(f"unknown shape class `{name}` (known: {', '.join(_SAMPLERS)})")
     return _SAMPLERS[name](params, num, generator)
+
+
+# --------------------------------------------------------------------------- pose and captions
+def _rotation(axis: int, angle: Tensor) -> Tensor:
+    """[n, 3, 3] rotations by ``angle`` [n] about coordinate axis 0 (x), 1 (y) or 2 (z)."""
+    c, s = torch.cos(angle), torch.sin(angle)
+    i, j = [k for k in range(3) if k != axis]
+    rot = torch.zeros(angle.shape[0], 3, 3)
+    rot[:, axis, axis] = 1.0
+    rot[:, i, i], rot[:, i, j], rot[:, j, i], rot[:, j, j] = c, -s, s, c
+    return rot
+
+
+# Canonical z (the shapes' axis) -> world y (the image's vertical).
+_Z_TO_Y = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+
+
+def _signed(generator: torch.Generator, n: int, limit: float) -> Tensor:
+    return (2 * _uniform(generator, n) - 1) * limit
+
+
+def _pose(cfg: WorldConfig, n: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Rotation [n, 3, 3], size [n] (radius of the posed shape), offset [n, 3], lying [n] bool."""
+    lying = _uniform(g, n) < cfg.lying_probability
+    spin = 2 * math.pi * _uniform(g, n)  # about the shape's own axis
+    roll = _signed(g, n, cfg.max_roll) + lying * (math.pi / 2)
+    turn = _signed(g, n, 0.8)  # swings a lying shape's axis in depth
+    tilt = cfg.tilt_range[0] + (cfg.tilt_range[1] - cfg.tilt_range[0]) * _uniform(g, n)
+    rotation = _rotation(0, tilt) @ _rotation(1, turn) @ _rotation(2, roll) @ _rotation(1, spin) @ _Z_TO_Y
+    low, high = cfg.scale_range
+    size = low + (high - low) * _uniform(g, n)
+    offset = _signed(g, 3 * n, cfg.max_offset).view(n, 3)
+    return rotation, size, offset, lying
+
+
+def _elongation_word(name: str, e: float, lying: bool) -> str | None:
+    if name == "sphere":
+        return None
+    if name == "torus":
+        return "thick" if e > 1.25 else "thin" if e < 0.8 else None
+    if e > 1.4:
+        return "long" if lying else "tall"
+    if e < 0.7:
+        return "short" if lying else "flat"
+    return None
+
+
+def _caption(name: str, size: float, e: float, lying: bool, draws: list[float], scale_range: tuple[float, float]) -> str:
+    """One caption from seven uniform draws (synonym, template, which attributes to say)."""
+    synonyms = SYNONYMS[name]
+    noun = synonyms[0] if draws[0] < 0.5 else synonyms[1 + int(draws[1] * (len(synonyms) - 1))]
+    low, high = scale_range
+    size_word = "small" if size < low + 0.3 * (high - low) else "large" if size > low + 0.7 * (high - low) else None
+    words = [w for w, d in ((size_word, draws[2]), (_elongation_word(name, e, lying), draws[3])) if w and d < 0.7]
+    phrase = " ".join(words + [noun])
+    if lying and draws[4] < 0.7:
+        phrase += " lying on its side"
+    template = _CAPTION_TEMPLATES[int(draws[5] * len(_CAPTION_TEMPLATES))]
+    return template.format(phrase)
+
+
+def generate(cfg: WorldConfig, labels: Tensor, generator: torch.Generator) -> ShapeBatch:
+    """Draw one posed shape per label (indices into ``cfg.classes``), with its cloud and caption."""
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    n, m = labels.shape[0], cfg.render_points + cfg.num_points
+    if labels.numel() and (labels.min() < 0 or labels.max() >= len(cfg.classes)):
+        raise ValueError(f"labels must lie in [0, {len(cfg.classes)}), got {labels.tolist()}")
+    elongation = torch.empty(n)
+    canonical = torch.empty(n, m, 3)
+    params = torch.empty(n, 3)
+    for index, name in enumerate(cfg.classes):  # fixed order: the same seed gives the same world
+        rows = (labels == index).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        limit = math.log(_ELONGATION.get(name, _DEFAULT_ELONGATION))
+        e = torch.exp(_signed(generator, rows.numel(), limit))
+        p = canonical_params(name, e)
+        elongation[rows], params[rows] = e, p
+        canonical[rows] = sample_surface(name, p, m, generator)
+    rotation, size, offset, lying = _pose(cfg, n, generator)
+    scale = size / canonical.norm(dim=-1).amax(dim=1)  # posed shape fits a ball of radius `size`
+    posed = offset[:, None, :] + scale[:, None, None] * canonical @ rotation.transpose(1, 2)
+    cloud = posed[:, : cfg.num_points] + cfg.noise * torch.randn(n, cfg.num_points, 3, generator=generator)
+    draws = _uniform(generator, n, 6).tolist()
+    captions = [
+        _caption(cfg.classes[int(label)], float(s), float(e), bool(ly), d, cfg.scale_range)
+        for label, s, e, ly, d in zip(labels, size, elongation, lying, draws)
+    ]
+    return ShapeBatch(labels, cloud, posed[:, cfg.num_points :], params, rotation, scale, offset, captions)
+
+
+def balanced_labels(class_indices: Sequence[int], per_class: int) -> Tensor:
+    """``per_class`` copies of each class index, class-major."""
+    return torch.as_tensor(list(class_indices), dtype=torch.long).repeat_interleave(per_class)

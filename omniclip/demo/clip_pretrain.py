@@ -1,0 +1,121 @@
+"""Pretrain the demo's tiny CLIP on renderings and captions of every class of the world.
+
+No pretrained CLIP can be downloaded on an offline machine, so the demo makes its own: both
+towers train from scratch with the symmetric InfoNCE of CLIP on freshly drawn shapes (a new
+batch every step, so nothing is seen twice). The weights are saved as safetensors under
+``<out>/clip-<hash>/`` where the hash covers everything that determines them (world, recipe,
+architecture); a later run with the same settings loads them instead of training again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from omniclip.backbone import MODEL_CONFIG_DIR, ClipBackbone, load_backbone
+from omniclip.demo.render import render
+from omniclip.demo.world import PROMPT_TEMPLATES, WorldConfig, balanced_labels, generate
+from omniclip.evaluation import build_classifier
+from omniclip.optim import build_optimizer, cosine_schedule
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+INFO_FILE = "clip.json"
+
+
+@dataclass(frozen=True)
+class ClipPretrainConfig:
+    model: str = "omniclip-demo-vit"
+    steps: int = 600
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 40
+    image_size: int = 32
+    seed: int = 0
+    eval_per_class: int = 40  # held-aside shapes per class for the image zero-shot check
+
+
+def config_hash(world: WorldConfig, cfg: ClipPretrainConfig) -> str:
+    """Hash of everything the pretrained weights depend on (architecture file included)."""
+    architecture = (MODEL_CONFIG_DIR / f"{cfg.model}.json").read_text()
+    payload = json.dumps({"world": asdict(world), "clip": asdict(cfg), "arch": architecture}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over the batch (CLIP): row i of each tower is the positive pair."""
+    logits = logit_scale * F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).T
+    targets = torch.arange(logits.shape[0])
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+@torch.no_grad()
+def image_zero_shot_accuracy(backbone: ClipBackbone, world: WorldConfig, per_class: int, seed: int,
+                             image_size: int) -> float:
+    """Top-1 of the image tower against class-name prompts on fresh shapes of every class (0-1)."""
+    generator = torch.Generator().manual_seed(seed)
+    shapes = generate(world, balanced_labels(range(len(world.classes)), per_class), generator)
+    classifier = build_classifier(backbone.encode_text, world.classes, PROMPT_TEMPLATES)
+    features = backbone.encode_image(render(shapes.surface, image_size))
+    return float(((features @ classifier.T).argmax(dim=1) == shapes.labels).float().mean())
+
+
+def pretrain_clip(world: WorldConfig, cfg: ClipPretrainConfig, out_dir: str | Path,
+                  report: Callable[[str], None] = print) -> tuple[ClipBackbone, dict]:
+    """The frozen tiny CLIP for ``world``: loaded from ``out_dir`` when cached, else trained and saved.
+
+    Returns the backbone (frozen, eval mode) and its record (hash, accuracy, seconds).
+    """
+    folder = Path(out_dir) / f"clip-{config_hash(world, cfg)}"
+    weights, info_path = folder / WEIGHTS_FILE, folder / INFO_FILE
+    if weights.is_file() and info_path.is_file():
+        report(f"tiny CLIP: reusing {weights}")
+        return load_backbone(cfg.model, str(weights)), json.loads(info_path.read_text())
+
+    torch.manual_seed(cfg.seed)
+    backbone = load_backbone(cfg.model, None, freeze=False)
+    model = backbone.model.train()
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
+    schedule = cosine_schedule(optimizer, cfg.warmup_steps, cfg.steps)
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    token_cache: dict[str, torch.Tensor] = {}
+    start = time.perf_counter()
+    for step in range(1, cfg.steps + 1):
+        labels = torch.randint(len(world.classes), (cfg.batch_size,), generator=generator)
+        shapes = generate(world, labels, generator)
+        images = render(shapes.surface, cfg.image_size)
+        missing = [c for c in dict.fromkeys(shapes.captions) if c not in token_cache]
+        if missing:
+            token_cache.update(zip(missing, backbone.tokenizer(missing)))
+        tokens = torch.stack([token_cache[c] for c in shapes.captions])
+        loss = clip_loss(model.encode_image(images), model.encode_text(tokens), model.logit_scale.exp().clamp(max=100))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 100 == 0 or step == cfg.steps:
+            report(f"tiny CLIP step {step}/{cfg.steps}  loss {loss.item():.3f}  {time.perf_counter() - start:.0f} s")
+    seconds = time.perf_counter() - start
+    model.requires_grad_(False)
+    model.eval()
+    accuracy = image_zero_shot_accuracy(backbone, world, cfg.eval_per_class, cfg.seed + 2, cfg.image_size)
+    info = {"hash": folder.name, "seconds": round(seconds, 1), "image_zero_shot_top1": accuracy,
+            "config": asdict(cfg)}
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{WEIGHTS_FILE}.tmp"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(weights)
+    info_path.write_text(json.dumps(info, indent=2))
+    report(f"tiny CLIP: {seconds:.0f} s, image zero-shot top-1 {accuracy:.3f}; saved {weights}")
+    return backbone, info
