@@ -34,12 +34,19 @@ def content_key(value: str) -> str:
 
 
 class AnchorStore:
-    """Cache of normalised anchor features for one backbone; ``root=None`` keeps it in memory."""
+    """Cache of normalised anchor features for one backbone.
 
-    def __init__(self, backbone: ClipBackbone, root: str | Path | None = None, batch_size: int = 256) -> None:
+    ``root=None`` keeps the cache in memory only; ``enabled=False`` turns caching off, so every
+    lookup runs the towers (the baseline the benchmark compares against).
+    """
+
+    def __init__(
+        self, backbone: ClipBackbone, root: str | Path | None = None, batch_size: int = 256, enabled: bool = True
+    ) -> None:
         self.backbone = backbone
         self.root = Path(root) if root is not None else None
         self.batch_size = batch_size
+        self.enabled = enabled
         self._features: dict[str, dict[str, torch.Tensor]] = {t: {} for t in TOWERS}
         self._pending: dict[str, dict[str, torch.Tensor]] = {t: {} for t in TOWERS}
         #: Number of times each tower actually ran (tests and logs read it).
@@ -114,7 +121,7 @@ class AnchorStore:
 
     def _lookup(self, tower: str, keys: list[str], compute: Callable[[list[int]], torch.Tensor]) -> torch.Tensor:
         self._load(tower)
-        table = self._features[tower]
+        table = self._features[tower] if self.enabled else {}
         first_miss: dict[str, int] = {}
         for i, key in enumerate(keys):
             if key not in table:
@@ -128,7 +135,8 @@ class AnchorStore:
             self.tower_calls[tower] += 1
             for i, feature in zip(chunk, features):
                 table[keys[i]] = feature
-                self._pending[tower][keys[i]] = feature
+                if self.enabled:
+                    self._pending[tower][keys[i]] = feature
         return torch.stack([table[k] for k in keys])
 
 

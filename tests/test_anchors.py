@@ -57,3 +57,12 @@ class _ExplodingBackbone:
 
     def encode_image(self, images):
         raise AssertionError("image tower ran on a cache hit")
+
+
+def test_disabled_cache_runs_the_tower_every_time(tiny_backbone):
+    store = AnchorStore(tiny_backbone, enabled=False)
+    first = store.text(["a", "b", "a"])
+    second = store.text(["a", "b"])
+    torch.testing.assert_close(second, first[:2])
+    assert store.tower_calls["text"] == 2 and store.misses["text"] == 4 and store.hits["text"] == 0
+    assert store.flush() is None
