@@ -81,7 +81,8 @@ class LensModel(nn.Module):
         """Write ``lens.safetensors`` (trainable weights) and ``config.json`` to ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.contiguous().cpu() for k, v in self.trainable_state_dict().items()}
+        # Independent copies: tied layers share storage, which safetensors refuses.
+        tensors = {k: v.detach().cpu().clone().contiguous() for k, v in self.trainable_state_dict().items()}
         tmp = directory / ".lens.safetensors.tmp"
         save_file(tensors, str(tmp))
         tmp.replace(directory / "lens.safetensors")

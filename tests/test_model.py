@@ -64,3 +64,13 @@ def test_trainable_state_dict_roundtrip(tmp_path, tiny_backbone):
     bad["lens.extra"] = torch.zeros(1)
     with pytest.raises(CheckpointMismatchError, match=r"(?s)missing \(1\):\n  lens.latents.*unexpected \(1\):\n  lens.extra"):
         other.load_trainable_state_dict(bad)
+
+
+def test_tied_lens_saves_and_loads(tmp_path, tiny_backbone):
+    model, config = build_lens_model("toy", tiny_backbone.trunk(), lens_cfg={"depth": 3, "weight_tie_layers": True})
+    assert model.lens.layers[1] is model.lens.layers[2]
+    model.save_lens(tmp_path, config)
+    other, _ = build_lens_model("toy", tiny_backbone.trunk(), lens_cfg={"depth": 3, "weight_tie_layers": True})
+    other.load_lens(tmp_path)
+    for key, value in model.trainable_state_dict().items():
+        torch.testing.assert_close(other.trainable_state_dict()[key], value)
