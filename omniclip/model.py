@@ -71,8 +71,8 @@ class LensModel(nn.Module):
             lines += [f"unexpected ({len(unexpected)}):"] + [f"  {k}" for k in unexpected] if unexpected else []
             lines += [f"shape mismatch ({len(shapes)}):"] + shapes if shapes else []
             raise CheckpointMismatchError("\n".join(lines))
-        live = dict(self.named_parameters())
-        live.update(dict(self.named_buffers()))
+        live = dict(self.named_parameters(remove_duplicate=False))
+        live.update(dict(self.named_buffers(remove_duplicate=False)))
         with torch.no_grad():
             for key, value in state.items():
                 live[key].copy_(value)

@@ -387,8 +387,8 @@ def _trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _live_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
-    live = dict(module.named_parameters())
-    live.update(dict(module.named_buffers()))
+    live = dict(module.named_parameters(remove_duplicate=False))  # tied weights under every name
+    live.update(dict(module.named_buffers(remove_duplicate=False)))
     return live
 
 
