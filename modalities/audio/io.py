@@ -9,6 +9,7 @@ training, evenly spaced crops for evaluation, short files repeated to length.
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from pathlib import Path
@@ -72,21 +73,24 @@ def load_audio(
 
     if channels.shape[1] == 0:
         raise SampleError(path, "contains no audio samples")
-    bad = (~torch.isfinite(channels)).sum().item()
-    if bad:
+    # One pass finds the peak; NaN and inf make it non-finite, and only then are they counted.
+    low, high = torch.aminmax(channels)
+    peak = max(-low.item(), high.item())
+    if not math.isfinite(peak):
+        bad = (~torch.isfinite(channels)).sum().item()
         raise SampleError(path, f"{bad} NaN or infinite samples")
-    peak = channels.abs().max().item()
     if peak < silence_threshold and not allow_silent:
         raise SampleError(
             path,
             f"silent (peak amplitude {peak:.3g} < {silence_threshold:g}); "
             "pass allow_silent=True to keep silent files",
         )
-    clipped = (channels.abs() >= _FULL_SCALE).float().mean().item()
-    if clipped > clip_warn_fraction:
-        warnings.warn(f"{path}: {clipped:.1%} of samples at full scale (clipped recording)", stacklevel=2)
+    if peak >= _FULL_SCALE:
+        clipped = (channels.abs() >= _FULL_SCALE).sum().item() / channels.numel()
+        if clipped > clip_warn_fraction:
+            warnings.warn(f"{path}: {clipped:.1%} of samples at full scale (clipped recording)", stacklevel=2)
 
-    wave = channels.mean(dim=0)
+    wave = channels[0] if channels.shape[0] == 1 else channels.mean(dim=0)
     if sr != target_sr:
         wave = AF.resample(wave, orig_freq=sr, new_freq=target_sr)
     return wave
@@ -115,7 +119,7 @@ def _decode_soundfile(path: Path, exact_length: bool) -> tuple[torch.Tensor, int
             )
     if exact_length and len(data) < declared:
         raise SampleError(path, f"truncated: {len(data)} of {declared} declared frames decoded")
-    return torch.from_numpy(data.T.copy()), sr
+    return torch.from_numpy(data).T, sr
 
 
 def _decode_ffmpeg(path: Path) -> tuple[torch.Tensor, int]:

@@ -51,8 +51,9 @@ class PointBertTokenizer(nn.Module):
     """ViT-Lens Point-BERT tokenizer: FPS centres, kNN groups, mini-PointNet, + position MLP.
 
     Only xyz is used: the reference encoder reads 3 channels, so colour columns of a [B, N, 6]
-    input are ignored. ``fps_start`` fixes the first FPS centre (0 for evaluation); ``None``
-    draws it at random, as the reference does in training.
+    input are ignored. ``fps_start`` fixes the first FPS centre in training mode (``None`` draws
+    it at random, as the reference does); ``eval_fps_start`` applies in eval mode (0 by default,
+    so evaluation is reproducible; ``None`` keeps it random).
     """
 
     def __init__(
@@ -62,11 +63,14 @@ class PointBertTokenizer(nn.Module):
         encoder_dim: int = 256,
         token_dim: int = 384,
         fps_start: int | None = None,
+        eval_fps_start: int | None = 0,
     ):
         super().__init__()
         self.num_groups = num_groups
         self.group_size = group_size
+        self.out_dim = token_dim
         self.fps_start = fps_start
+        self.eval_fps_start = eval_fps_start
         self.encoder = MiniPointNet(encoder_dim)
         self.reduce_dim = nn.Linear(encoder_dim, token_dim)
         self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, token_dim))
@@ -74,7 +78,8 @@ class PointBertTokenizer(nn.Module):
     def group(self, xyz: Tensor) -> tuple[Tensor, Tensor]:
         """Neighbourhoods [B, G, K, 3] relative to their centre, and the centres [B, G, 3]."""
         _check_points(xyz, (3,))
-        centres = gather_points(xyz, farthest_point_sample(xyz, self.num_groups, self.fps_start))
+        start = self.fps_start if self.training else self.eval_fps_start
+        centres = gather_points(xyz, farthest_point_sample(xyz, self.num_groups, start))
         neighbours = gather_points(xyz, knn(centres, xyz, self.group_size))
         return neighbours - centres.unsqueeze(2), centres
 
@@ -141,6 +146,8 @@ class PointNet2Tokenizer(nn.Module):
     group feeds [offset xyz, xyz, rgb] (3 + in_channels) to the shared MLP. The centres are
     concatenated to the pooled features and lifted by a 1x1 conv + LayerNorm to ``token_dim``.
     No position embedding is added: the centres enter through that concatenation.
+    ``fps_start`` / ``eval_fps_start``: the first FPS centre in training / eval mode, as for
+    `PointBertTokenizer`.
     """
 
     def __init__(
@@ -152,12 +159,15 @@ class PointNet2Tokenizer(nn.Module):
         mlp: Sequence[int] = (64, 64, 256),
         token_dim: int = 256,
         fps_start: int | None = None,
+        eval_fps_start: int | None = 0,
     ):
         super().__init__()
         if in_channels < 3:
             raise ValueError(f"in_channels must include xyz (>= 3), got {in_channels}")
         self.in_channels = in_channels
+        self.out_dim = token_dim
         self.fps_start = fps_start
+        self.eval_fps_start = eval_fps_start
         self.sa = SetAbstraction(num_groups, group_size, radius, in_channels + 3, mlp)
         self.lift = nn.Sequential(
             nn.Conv1d(mlp[-1] + 3, token_dim, 1), ChannelsLast(), nn.LayerNorm(token_dim)
@@ -166,5 +176,6 @@ class PointNet2Tokenizer(nn.Module):
     def forward(self, points: Tensor) -> Tensor:
         """[B, N, in_channels] -> [B, num_groups, token_dim]."""
         _check_points(points, (self.in_channels,))
-        centres, features = self.sa(points[..., :3], points, self.fps_start)
+        start = self.fps_start if self.training else self.eval_fps_start
+        centres, features = self.sa(points[..., :3], points, start)
         return self.lift(torch.cat([centres.transpose(1, 2), features], dim=1))

@@ -78,6 +78,12 @@ def test_five_seconds_give_498_frames_padded_to_512_with_zeros():
     assert torch.equal(pad_or_cut(padded, 300), fbank[:, :300])
 
 
+@pytest.mark.parametrize("target", [512, 300])
+def test_target_frames_equals_pad_or_cut(target):
+    waves = _signals(5 * SR, torch.float32)
+    assert torch.equal(kaldi_fbank(waves, target_frames=target), pad_or_cut(kaldi_fbank(waves), target))
+
+
 def test_fbank_rejects_waveform_shorter_than_a_frame():
     with pytest.raises(ValueError, match="399 samples is shorter than one 25.0 ms frame"):
         kaldi_fbank(torch.randn(2, 399))

@@ -1,0 +1,454 @@
+"""Point-cloud datasets in their published layouts.
+
+=====================  ====================================================================
+``modelnet40``         ``modelnet40_normal_resampled`` layout: ``modelnet40_shape_names.txt``,
+                       ``modelnet40_{train,test}.txt`` (shape ids such as ``airplane_0627``) and
+                       ``<class>/<shape id>.txt`` (``x,y,z,nx,ny,nz`` lines) or ``.off`` meshes.
+``scanobjectnn``       ``h5_files/<variant>/{training,test}_<file>.h5`` (``data`` [S, 2048, 3],
+                       ``label`` [S]); variants ``main_split``, ``main_split_nobg``, ``split1``...
+                       files ``objectdataset``, ``objectdataset_augmentedrot_scale75``, ...
+``ulip_shapenet``      ULIP ShapeNet-55 triplets: ``taxonomy.json``, ``{train,test}.txt`` (file
+                       names ``<synset>-<model>.npy``), ``shapenet_pc/<file>`` (8192 x 3) and
+                       ``rendered_images/<synset>-<model>/<synset>-<model>_r_<deg><type>.png``.
+``objaverse_lvis``     OpenShape's ``lvis.json`` (``uid``, ``category``, ``data_path``) or a CSV
+                       with those columns; clouds as ``.npy``/``.npz`` arrays (xyz or xyz+rgb),
+                       or OpenShape's pickled ``{xyz, rgb}`` dicts with ``trust_pickle: true``.
+``objaverse_triplets`` a manifest (``.json`` list or ``.jsonl``) of ``{pc, images, texts}``
+                       entries, paths relative to the root (ULIP-2 / OpenShape triplets exported).
+=====================  ====================================================================
+
+Every dataset turns a file into a float32 tensor [num_points, 3] (or [num_points, 6] with
+``with_color``): sub-sampled (random or farthest-point) or repeated to ``num_points``, y/z
+swapped if asked (OpenShape data is z-up), centred and scaled to the unit sphere, and augmented
+in the train split. Problems with one file raise `SampleError` from ``__getitem__``; a missing
+root or split file raises `ConfigError` at construction.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from omniclip.errors import ConfigError, SampleError
+from omniclip.modalities.pointcloud.io import normalize_unit_sphere, read_point_cloud
+from omniclip.modalities.pointcloud.ops import farthest_point_sample
+from omniclip.modalities.pointcloud.templates import TEMPLATES
+from omniclip.modalities.pointcloud.transforms import PointAugment
+
+ImageTransform = Callable[[Any], torch.Tensor]
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class CloudOptions:
+    """How every dataset turns a raw cloud into the tensor a tokenizer reads.
+
+    Args:
+        num_points: points per sample (8192 for Point-BERT, 10000 for bigG); ``None`` keeps the
+            file's count (then the collate function pads a batch to its largest cloud).
+        sampling: ``random`` subset, or ``fps`` (farthest points from a random start, as the
+            reference prepares ModelNet40). Clouds with fewer points get random repeats.
+        with_color: return xyz + rgb [N, 6] (bigG); files without colour get ``default_color``.
+        default_color: grey level for colourless clouds (OpenShape uses 0.4); ``None`` makes a
+            colourless file an error when ``with_color`` is set.
+        min_points: fewer points than this (the tokenizer's group size) is a bad sample.
+        swap_yz: swap the y and z axes (OpenShape's ``y_up``).
+        augment: `PointAugment` settings applied in the train split (``None``: none).
+    """
+
+    num_points: int | None = 8192
+    sampling: str = "random"
+    with_color: bool = False
+    default_color: float | None = 0.4
+    min_points: int = 32
+    swap_yz: bool = False
+    augment: PointAugment | None = None
+
+    def __post_init__(self) -> None:
+        if self.sampling not in ("random", "fps"):
+            raise ConfigError("sampling", f"must be 'random' or 'fps', got {self.sampling!r}")
+        if self.num_points is not None and self.num_points < 1:
+            raise ConfigError("num_points", f"must be positive, got {self.num_points}")
+        if self.min_points < 1:
+            raise ConfigError("min_points", f"must be positive, got {self.min_points}")
+
+    def finish(self, points: np.ndarray, path: str, train: bool) -> torch.Tensor:
+        """Validate, resample, normalise and (in training) augment one raw cloud [N, C]."""
+        points = np.asarray(points)
+        if points.ndim != 2 or points.shape[1] not in (3, 6):
+            raise SampleError(path, f"cloud has shape {list(points.shape)}; expected [N, 3] or [N, 6]")
+        if len(points) == 0:
+            raise SampleError(path, "empty cloud (0 points)")
+        bad = int((~np.isfinite(points).all(axis=1)).sum())
+        if bad:
+            raise SampleError(path, f"{bad} of {len(points)} points have NaN or inf values")
+        if len(points) < self.min_points:
+            raise SampleError(path, f"{len(points)} points, fewer than min_points={self.min_points} (the group size)")
+        if self.with_color and points.shape[1] == 3:
+            if self.default_color is None:
+                raise SampleError(path, "no colour (rgb) in the cloud, and with_color is set")
+            points = np.concatenate([points, np.full_like(points, self.default_color)], axis=1)
+        elif not self.with_color:
+            points = points[:, :3]
+        points = self._resample(points.astype(np.float32))
+        if self.swap_yz:
+            points = points[:, [0, 2, 1, *range(3, points.shape[1])]]
+        try:
+            points = normalize_unit_sphere(points)
+        except ValueError:
+            raise SampleError(path, "degenerate cloud: all points coincide") from None
+        if train and self.augment is not None:
+            points = self.augment(points)
+        return torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32))
+
+    def _resample(self, points: np.ndarray) -> np.ndarray:
+        n, target = len(points), self.num_points
+        if target is None or n == target:
+            return points
+        if n < target:
+            return np.concatenate([points, points[np.random.randint(0, n, target - n)]])
+        if self.sampling == "fps":
+            xyz = torch.from_numpy(points[None, :, :3])
+            idx = farthest_point_sample(xyz, target, start_idx=int(np.random.randint(n)))[0]
+            return points[idx.numpy()]
+        return points[np.random.permutation(n)[:target]]
+
+
+def read_cloud(path: Path, opts: CloudOptions) -> np.ndarray:
+    """A point file as an array [N, 3 or 6]; meshes are sampled by area to ``num_points``."""
+    try:
+        return read_point_cloud(path, None, with_color=opts.with_color, default_color=opts.default_color)
+    except ValueError as err:  # a mesh: it must be sampled while reading
+        if opts.num_points is None:
+            raise SampleError(path, f"is a mesh and num_points is not set ({err})") from None
+    rng = np.random.default_rng(np.random.randint(0, 2**31 - 1))
+    return read_point_cloud(path, opts.num_points, opts.with_color, rng, default_color=opts.default_color)
+
+
+def _check_root(root: Any) -> Path:
+    if root is None:
+        raise ConfigError("root", "missing: set the dataset folder")
+    path = Path(str(root)).expanduser()
+    if not path.is_dir():
+        raise ConfigError("root", f"folder {path} does not exist")
+    return path
+
+
+def _require_file(path: Path, key: str, hint: str) -> Path:
+    if not path.is_file():
+        raise ConfigError(key, f"{path} not found ({hint})")
+    return path
+
+
+def _check_split(split: str, allowed: Sequence[str]) -> None:
+    if split not in allowed:
+        raise ConfigError("split", f"`{split}` is not one of {tuple(allowed)}")
+
+
+def _read_lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+class ModelNet40(Dataset):
+    """ModelNet40 in the ``modelnet40_normal_resampled`` layout (labels = shape-names order)."""
+
+    def __init__(self, root: str | Path, split: str, opts: CloudOptions, suffix: str = "auto"):
+        self.root = _check_root(root)
+        _check_split(split, ("train", "test"))
+        hint = "expected the modelnet40_normal_resampled layout; see tools/prepare_modelnet40.py"
+        names = _read_lines(_require_file(self.root / "modelnet40_shape_names.txt", "root", hint))
+        ids = _read_lines(_require_file(self.root / f"modelnet40_{split}.txt", "root", hint))
+        index = {name: i for i, name in enumerate(names)}
+        self.items: list[tuple[str, int]] = []
+        for line, shape_id in enumerate(ids, 1):
+            shape = shape_id.rsplit("_", 1)[0]
+            if shape not in index:
+                raise ConfigError("root", f"modelnet40_{split}.txt line {line}: class `{shape}` of `{shape_id}` "
+                                          "is not in modelnet40_shape_names.txt")
+            self.items.append((f"{shape}/{shape_id}", index[shape]))
+        if suffix == "auto":
+            first = self.root / self.items[0][0] if self.items else None
+            suffix = ".off" if first is not None and not first.with_suffix(".txt").exists() \
+                and first.with_suffix(".off").exists() else ".txt"
+        self.suffix = suffix
+        self.opts = opts
+        # Columns 4-6 of the resampled files are normals, never colour: read xyz only, and let
+        # `finish` add the default colour when colour is asked for.
+        self.read_opts = replace(opts, with_color=False)
+        self.train = split == "train"
+        self.class_names = [name.replace("_", " ") for name in names]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        stem, label = self.items[index]
+        path = self.root / f"{stem}{self.suffix}"
+        points = self.opts.finish(read_cloud(path, self.read_opts), str(path), self.train)
+        return {"inputs": points, "label": label, "path": str(path)}
+
+
+class ScanObjectNN(Dataset):
+    """One ScanObjectNN h5 split, held in memory (labels in the dataset's own class order)."""
+
+    def __init__(self, root: str | Path, split: str, opts: CloudOptions, variant: str = "main_split",
+                 file: str = "objectdataset"):
+        import h5py
+
+        self.root = _check_root(root)
+        _check_split(split, ("train", "test"))
+        prefix = "training" if split == "train" else "test"
+        self.path = self.root / variant / f"{prefix}_{file}.h5"
+        hint = "expected h5_files/<variant>/{training,test}_<file>.h5; see tools/prepare_scanobjectnn.py"
+        _require_file(self.path, "root", hint)
+        try:
+            with h5py.File(self.path, "r") as h5:
+                missing = [k for k in ("data", "label") if k not in h5]
+                if missing:
+                    raise ConfigError("root", f"{self.path}: no `{missing[0]}` dataset (has {sorted(h5.keys())})")
+                self.data = np.asarray(h5["data"][()])
+                self.labels = np.asarray(h5["label"][()]).reshape(-1).astype(np.int64)
+        except OSError as err:
+            raise ConfigError("root", f"{self.path}: unreadable HDF5 file ({err})") from None
+        if self.data.ndim != 3 or len(self.data) != len(self.labels):
+            raise ConfigError("root", f"{self.path}: `data` {list(self.data.shape)} and `label` "
+                                      f"{list(self.labels.shape)} do not describe the same clouds")
+        self.opts = opts
+        self.train = split == "train"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        where = f"{self.path}[{index}]"
+        label = int(self.labels[index])
+        if not 0 <= label < 15:
+            raise SampleError(where, f"label {label} is outside the 15 ScanObjectNN classes")
+        points = self.opts.finish(self.data[index][:, :3], where, self.train)
+        return {"inputs": points, "label": label, "path": where}
+
+
+class ULIPShapeNet(Dataset):
+    """ULIP ShapeNet-55 triplets: cloud + one rendered view + a templated synset-name caption.
+
+    As in ULIP / ViT-Lens, each access draws a view (every 12 degrees), an image type (colour or
+    ``_depth0001``), a synonym of the synset name and a template. ``whole`` adds the test list
+    to the train split (the reference trains on both).
+    """
+
+    VIEWS = tuple(range(0, 360, 12))
+
+    def __init__(self, root: str | Path, split: str, opts: CloudOptions, image_transform: ImageTransform | None,
+                 pc_dir: str = "shapenet_pc", image_dir: str = "rendered_images",
+                 image_types: Sequence[str] = ("", "_depth0001"), whole: bool = True, templates: str = "default"):
+        self.root = _check_root(root)
+        _check_split(split, ("train", "test"))
+        hint = "expected the ULIP shapenet-55 layout; see tools/prepare_ulip.py"
+        taxonomy = json.loads(_require_file(self.root / "taxonomy.json", "root", hint).read_text())
+        self.synonyms = {
+            entry["synsetId"]: [n.strip() for n in entry["name"].split(",") if n.strip()] for entry in taxonomy
+        }
+        files = _read_lines(_require_file(self.root / f"{split}.txt", "root", hint))
+        if split == "train" and whole:
+            files = _read_lines(_require_file(self.root / "test.txt", "root", hint)) + files
+        self.files = files
+        if templates not in TEMPLATES:
+            raise ConfigError("templates", f"unknown template set `{templates}` (known: {', '.join(TEMPLATES)})")
+        self.templates = TEMPLATES[templates]
+        self.pc_dir, self.image_dir, self.image_types = pc_dir, image_dir, tuple(image_types)
+        self.image_transform = image_transform
+        self.opts = opts
+        self.train = split == "train"
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        name = self.files[index]
+        path = self.root / self.pc_dir / name
+        synset, _, rest = name.partition("-")
+        model = rest.rsplit(".", 1)[0]
+        if synset not in self.synonyms:
+            raise SampleError(path, f"synset `{synset}` is not in taxonomy.json")
+        points = self.opts.finish(read_cloud(path, self.opts), str(path), self.train)
+        words = self.synonyms[synset]
+        caption = self.templates[np.random.randint(len(self.templates))].format(words[np.random.randint(len(words))])
+        sample = {"inputs": points, "text": caption, "path": str(path)}
+        if self.image_transform is not None:
+            view = self.VIEWS[np.random.randint(len(self.VIEWS))]
+            kind = self.image_types[np.random.randint(len(self.image_types))]
+            key = f"{self.image_dir}/{synset}-{model}/{synset}-{model}_r_{view:03d}{kind}.png"
+            sample["image"] = load_image(self.root / key, self.image_transform)
+            sample["image_key"] = key
+        return sample
+
+
+def load_image(path: Path, transform: ImageTransform) -> torch.Tensor:
+    """An image file through the CLIP preprocessing; unreadable files raise `SampleError`."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise SampleError(path, "image file not found")
+    try:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise SampleError(path, f"unreadable image ({err})") from None
+    return transform(rgb)
+
+
+def _read_manifest(path: Path, key: str) -> list[dict[str, Any]]:
+    """Entries of a ``.json`` list, a ``.jsonl`` file or a ``.csv`` with a header row."""
+    _require_file(path, key, "the annotation file")
+    try:
+        if path.suffix == ".csv":
+            with path.open(newline="") as handle:
+                return list(csv.DictReader(handle))
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        entries = json.loads(path.read_text())
+    except (json.JSONDecodeError, csv.Error, UnicodeDecodeError) as err:
+        raise ConfigError(key, f"{path}: unreadable ({err})") from None
+    if not isinstance(entries, list):
+        raise ConfigError(key, f"{path}: expected a list of entries, got {type(entries).__name__}")
+    return entries
+
+
+def _require_fields(entries: list[dict[str, Any]], names: Sequence[str], path: Path, key: str) -> None:
+    for line, entry in enumerate(entries, 1):
+        missing = [n for n in names if n not in entry]
+        if missing:
+            raise ConfigError(key, f"{path}: entry {line} has no `{missing[0]}` (needs {', '.join(names)})")
+
+
+def _read_openshape_npy(path: Path, opts: CloudOptions) -> np.ndarray:
+    """OpenShape's pickled ``{"xyz", "rgb", ...}`` dict (only loaded when trusted), or a plain array."""
+    try:
+        obj = np.load(path, allow_pickle=True)
+    except (OSError, ValueError) as err:
+        raise SampleError(path, f"unreadable .npy ({err})") from None
+    if obj.dtype != object:
+        return read_cloud(path, opts)
+    data = obj.item() if obj.shape == () else None
+    if not isinstance(data, dict) or "xyz" not in data:
+        raise SampleError(path, "pickled object is not a dict with an `xyz` array")
+    xyz = np.asarray(data["xyz"], dtype=np.float64)
+    rgb = data.get("rgb")
+    if rgb is None or not opts.with_color:
+        return xyz
+    rgb = np.asarray(rgb, dtype=np.float64)
+    if rgb.shape != xyz.shape:
+        raise SampleError(path, f"`rgb` has shape {list(rgb.shape)}, `xyz` {list(xyz.shape)}")
+    return np.concatenate([xyz, rgb / 255.0 if rgb.size and rgb.max() > 1.0 else rgb], axis=1)
+
+
+class ObjaverseLVIS(Dataset):
+    """Objaverse-LVIS zero-shot set: class names are the sorted categories (1156 in the release)."""
+
+    def __init__(self, root: str | Path, split: str, opts: CloudOptions, annotation: str = "lvis.json",
+                 path_prefix: str = "/mnt/data/objaverse-processed", trust_pickle: bool = False):
+        self.root = _check_root(root)
+        _check_split(split, SPLITS)
+        self.annotation = self.root / annotation
+        entries = _read_manifest(self.annotation, "annotation")
+        _require_fields(entries, ("category", "data_path"), self.annotation, "annotation")
+        self.class_names = sorted({str(e["category"]) for e in entries})
+        index = {name: i for i, name in enumerate(self.class_names)}
+        self.items = [(self._resolve(str(e["data_path"]), path_prefix), index[str(e["category"])]) for e in entries]
+        self.trust_pickle = trust_pickle
+        self.opts = opts
+        self.train = split == "train"
+
+    def _resolve(self, data_path: str, prefix: str) -> Path:
+        if prefix and data_path.startswith(prefix):
+            data_path = data_path[len(prefix):].lstrip("/")
+        return self.root / data_path
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path, label = self.items[index]
+        if self.trust_pickle and path.suffix == ".npy" and path.is_file():
+            raw = _read_openshape_npy(path, self.opts)
+        else:
+            try:
+                raw = read_cloud(path, self.opts)
+            except SampleError as err:
+                if "allow_pickle" not in err.problem:
+                    raise
+                raise SampleError(path, "holds a pickled object (OpenShape's {xyz, rgb} dict?); set "
+                                        "trust_pickle: true if you trust the file") from None
+        return {"inputs": self.opts.finish(raw, str(path), self.train), "label": label, "path": str(path)}
+
+
+class ObjaverseTriplets(Dataset):
+    """(cloud, rendered images, captions) triplets from a manifest; one image and caption per access."""
+
+    def __init__(self, root: str | Path, split: str, opts: CloudOptions, image_transform: ImageTransform | None,
+                 manifest: str = "triplets.jsonl"):
+        self.root = _check_root(root)
+        _check_split(split, SPLITS)
+        self.manifest = self.root / manifest
+        self.entries = _read_manifest(self.manifest, "manifest")
+        _require_fields(self.entries, ("pc", "texts"), self.manifest, "manifest")
+        self.image_transform = image_transform
+        self.opts = opts
+        self.train = split == "train"
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        entry = self.entries[index]
+        path = self.root / entry["pc"]
+        points = self.opts.finish(read_cloud(path, self.opts), str(path), self.train)
+        texts = entry["texts"] if isinstance(entry["texts"], list) else [entry["texts"]]
+        if not texts:
+            raise SampleError(self.manifest, f"entry {index} ({entry['pc']}) has no caption")
+        sample = {"inputs": points, "text": str(texts[np.random.randint(len(texts))]), "path": str(path)}
+        images = entry.get("images") or []
+        if self.image_transform is not None and images:
+            key = str(images[np.random.randint(len(images))])
+            sample["image"] = load_image(self.root / key, self.image_transform)
+            sample["image_key"] = key
+        return sample
+
+
+_CLOUD_KEYS = {f.name for f in fields(CloudOptions)}
+DATASETS: dict[str, tuple[type, frozenset[str]]] = {
+    "modelnet40": (ModelNet40, frozenset({"suffix"})),
+    "scanobjectnn": (ScanObjectNN, frozenset({"variant", "file"})),
+    "ulip_shapenet": (ULIPShapeNet, frozenset({"pc_dir", "image_dir", "image_types", "whole", "templates"})),
+    "objaverse_lvis": (ObjaverseLVIS, frozenset({"annotation", "path_prefix", "trust_pickle"})),
+    "objaverse_triplets": (ObjaverseTriplets, frozenset({"manifest"})),
+}
+_WITH_IMAGES = (ULIPShapeNet, ObjaverseTriplets)
+
+
+def build_dataset(cfg: Mapping[str, Any], split: str, image_transform: ImageTransform | None = None) -> Dataset:
+    """The dataset ``cfg['name']`` for ``split``; other keys are its options or `CloudOptions`."""
+    params = dict(cfg)
+    name = params.pop("name", None)
+    if name not in DATASETS:
+        raise ConfigError("name", f"unknown point-cloud dataset `{name}` (known: {', '.join(DATASETS)})")
+    cls, own = DATASETS[name]
+    root = params.pop("root", None)
+    params.pop("split", None)  # the caller's split argument wins (evaluation passes it separately)
+    unknown = sorted(set(params) - _CLOUD_KEYS - own)
+    if unknown:
+        known = ", ".join(sorted(_CLOUD_KEYS | own | {"root", "split"}))
+        raise ConfigError(unknown[0], f"unknown option for dataset `{name}` (known: {known})")
+    cloud = {k: params.pop(k) for k in list(params) if k in _CLOUD_KEYS}
+    cloud["augment"] = PointAugment.from_config(cloud.get("augment"))
+    opts = CloudOptions(**cloud)
+    if cls in _WITH_IMAGES:
+        return cls(root, split, opts, image_transform, **params)
+    return cls(root, split, opts, **params)

@@ -1,0 +1,83 @@
+"""Prompt templates for point-cloud zero-shot classification.
+
+`ULIP_TEMPLATES` are the 64 templates ULIP and ViT-Lens use for ModelNet40 and the ShapeNet captions
+(``modelnet40_64`` = ``shapenet_64`` in their data files). They are data and are kept verbatim,
+including the one template without a final full stop. A class embedding is the mean of the
+normalised text embeddings of its prompts.
+"""
+
+from __future__ import annotations
+
+ULIP_TEMPLATES: tuple[str, ...] = (
+    "a point cloud model of {}.",
+    "There is a {} in the scene.",
+    "There is the {} in the scene.",
+    "a photo of a {} in the scene.",
+    "a photo of the {} in the scene.",
+    "a photo of one {} in the scene.",
+    "itap of a {}.",
+    "itap of my {}.",
+    "itap of the {}.",
+    "a photo of a {}.",
+    "a photo of my {}.",
+    "a photo of the {}.",
+    "a photo of one {}.",
+    "a photo of many {}.",
+    "a good photo of a {}.",
+    "a good photo of the {}.",
+    "a bad photo of a {}.",
+    "a bad photo of the {}.",
+    "a photo of a nice {}.",
+    "a photo of the nice {}.",
+    "a photo of a cool {}.",
+    "a photo of the cool {}.",
+    "a photo of a weird {}.",
+    "a photo of the weird {}.",
+    "a photo of a small {}.",
+    "a photo of the small {}.",
+    "a photo of a large {}.",
+    "a photo of the large {}.",
+    "a photo of a clean {}.",
+    "a photo of the clean {}.",
+    "a photo of a dirty {}.",
+    "a photo of the dirty {}.",
+    "a bright photo of a {}.",
+    "a bright photo of the {}.",
+    "a dark photo of a {}.",
+    "a dark photo of the {}.",
+    "a photo of a hard to see {}.",
+    "a photo of the hard to see {}.",
+    "a low resolution photo of a {}.",
+    "a low resolution photo of the {}.",
+    "a cropped photo of a {}.",
+    "a cropped photo of the {}.",
+    "a close-up photo of a {}.",
+    "a close-up photo of the {}.",
+    "a jpeg corrupted photo of a {}.",
+    "a jpeg corrupted photo of the {}.",
+    "a blurry photo of a {}.",
+    "a blurry photo of the {}.",
+    "a pixelated photo of a {}.",
+    "a pixelated photo of the {}.",
+    "a black and white photo of the {}.",
+    "a black and white photo of a {}",
+    "a plastic {}.",
+    "the plastic {}.",
+    "a toy {}.",
+    "the toy {}.",
+    "a plushie {}.",
+    "the plushie {}.",
+    "a cartoon {}.",
+    "the cartoon {}.",
+    "an embroidered {}.",
+    "the embroidered {}.",
+    "a painting of the {}.",
+    "a painting of a {}.",
+)
+
+#: Template sets by name; "default" is what a recipe without ``templates`` uses.
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "default": ULIP_TEMPLATES,
+    "ulip": ULIP_TEMPLATES,
+    "single": (ULIP_TEMPLATES[0],),
+}

@@ -1,0 +1,117 @@
+"""Every point-cloud experiment in debug mode on CPU: train a few steps, then zero-shot evaluation.
+
+Data paths point at mini datasets in the published layouts; sizes are scaled down by overrides
+(points, groups) and the tiny CLIP of ``debug=default`` replaces the published backbone, so the
+lens config must size itself from the trunk.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from omniclip import train, zeroshot
+from tests.modalities.pointcloud.test_datasets import (
+    make_modelnet40,
+    make_objaverse_lvis,
+    make_objaverse_triplets,
+    make_scanobjectnn,
+    make_ulip_shapenet,
+)
+
+SMALL_CLOUD = ["num_points=48", "min_points=8"]
+
+
+def eval_overrides(task: str, root, extra=()) -> list[str]:
+    prefix = f"eval.tasks.{task}.dataset"
+    return [f"{prefix}.root={root}", f"+{prefix}.limit=4", *(f"{prefix}.{o}" for o in SMALL_CLOUD + list(extra))]
+
+
+def run_experiment(tmp_path, experiment: str, overrides: list[str], eval_name: str, eval_extra: list[str],
+                   train_eval_extra: list[str] | None = None):
+    """Train ``experiment`` for 2 steps (its own eval tasks at the end), then run ``eval=<eval_name>``."""
+    common = [f"anchors.cache_dir={tmp_path / 'anchors'}"]
+    with initialize_config_module("omniclip.recipes", version_base="1.3"):
+        cfg = compose("train", [f"experiment=pointcloud/{experiment}", "debug=default",
+                                f"output_dir={tmp_path / 'run'}", "modality.tokenizer.num_groups=8",
+                                "modality.tokenizer.group_size=8", "trainer.max_steps=2",
+                                *(f"data.train.{o}" for o in SMALL_CLOUD), *common, *overrides,
+                                *(eval_extra if train_eval_extra is None else train_eval_extra)])
+    result = train.run(cfg)
+    assert result.step == 2 and len(result.losses) == 2 and all(loss == loss for loss in result.losses)
+    lens_dir = tmp_path / "run" / "lens"
+    config = json.loads((lens_dir / "config.json").read_text())
+    assert config["modality"] == "pointcloud" and config["backbone"]["name"] == "omniclip-tiny"
+    assert config["lens"]["latent_dim"] == 64 and config["lens"]["num_latents"] == 16  # sized from the trunk
+    with initialize_config_module("omniclip.recipes", version_base="1.3"):
+        zcfg = compose("zeroshot", [f"eval={eval_name}", f"checkpoint={lens_dir}", "num_workers=0", *common,
+                                    *eval_extra])
+    return config, zeroshot.run(zcfg)
+
+
+def test_vitlens_l_shapenet_debug(tmp_path):
+    shapenet = make_ulip_shapenet(tmp_path / "shapenet-55")
+    modelnet = make_modelnet40(tmp_path / "mn40")
+    config, results = run_experiment(
+        tmp_path, "vitlens_l_shapenet", [f"data.train.root={shapenet}"],
+        "modelnet40", eval_overrides("modelnet40", modelnet))
+    assert config["tokenizer"]["name"] == "pointbert"
+    assert results[0].dataset == "modelnet40" and results[0].num_samples == 4
+    assert 0 <= results[0].metrics["top1"] <= 100
+
+
+def test_vitlens_l_objaverse_debug(tmp_path):
+    objaverse = make_objaverse_triplets(tmp_path / "objaverse")
+    scan = make_scanobjectnn(tmp_path / "h5_files")
+    modelnet = make_modelnet40(tmp_path / "mn40")
+    config, results = run_experiment(
+        tmp_path, "vitlens_l_objaverse", [f"data.train.root={objaverse}"], "scanobjectnn",
+        eval_overrides("scanobjectnn", scan), train_eval_extra=eval_overrides("modelnet40", modelnet))
+    assert config["lens"]["weight_tie_layers"] is False
+    assert results[0].dataset == "scanobjectnn" and results[0].num_samples == 4
+
+
+def test_vitlens_bigg_openshape_debug(tmp_path):
+    objaverse = make_objaverse_triplets(tmp_path / "objaverse")
+    lvis = make_objaverse_lvis(tmp_path / "lvis")
+    modelnet = make_modelnet40(tmp_path / "mn40")
+    scan = make_scanobjectnn(tmp_path / "h5_files")
+    # The tiny CLIP has 2 blocks: skip 1 (instead of 16) and train the one left.
+    config, results = run_experiment(
+        tmp_path, "vitlens_bigg_openshape",
+        [f"data.train.root={objaverse}", "trunk.skip_blocks=1", "trunk.unlocked_blocks=1",
+         "modality.tokenizer.radius=0.5"],
+        "pointcloud_openshape",
+        [*eval_overrides("modelnet40", modelnet), *eval_overrides("scanobjectnn", scan),
+         *eval_overrides("objaverse_lvis", lvis, ["annotation=lvis.json"])])
+    assert config["tokenizer"]["name"] == "pnsa" and config["trunk"]["unlock_class_token"] is True
+    assert sorted(r.dataset for r in results) == ["modelnet40", "objaverse_lvis", "scanobjectnn"]
+    assert all(r.num_samples == 4 for r in results)
+
+
+def test_published_settings_without_debug_compose():
+    with initialize_config_module("omniclip.recipes", version_base="1.3"):
+        cfg = compose("train", ["experiment=pointcloud/vitlens_bigg_openshape"])
+    assert cfg.backbone.name == "ViT-bigG-14" and cfg.trunk.skip_blocks == 16 and cfg.trunk.unlocked_blocks == 2
+    assert cfg.data.train.num_points == 10000 and cfg.data.train.with_color and cfg.data.train.swap_yz
+    assert cfg.data.train.augment.up_axis == 2 and cfg.data.train.augment.dropout == pytest.approx(0.875)
+    assert set(cfg.eval.tasks) == {"modelnet40", "scanobjectnn", "objaverse_lvis"}
+    assert cfg.eval.tasks.modelnet40.dataset.with_color and cfg.eval.tasks.modelnet40.dataset.num_points == 10000
+    with initialize_config_module("omniclip.recipes", version_base="1.3"):
+        cfg = compose("train", ["experiment=pointcloud/vitlens_l_shapenet"])
+    assert cfg.backbone.name == "ViT-L-14" and cfg.modality.tokenizer.name == "pointbert"
+    assert cfg.data.train.name == "ulip_shapenet" and cfg.eval.tasks.modelnet40.dataset.sampling == "fps"
+
+
+def test_tied_lens_exports(tmp_path, tiny_backbone):
+    from omniclip.model import build_lens_model, load_lens_model
+
+    trunk = tiny_backbone.trunk()
+    tokenizer = {"name": "pointbert", "num_groups": 8, "group_size": 8}
+    model, model_cfg = build_lens_model("pointcloud", trunk, tokenizer, {"weight_tie_layers": True}, "omniclip-tiny")
+    model_cfg.update(trunk={}, backbone={"name": "omniclip-tiny", "pretrained": None})
+    model.save_lens(tmp_path / "lens", model_cfg)
+    loaded, _, _ = load_lens_model(tmp_path / "lens", backbone=tiny_backbone)
+    assert loaded.lens.layers[1] is loaded.lens.layers[3]
