@@ -184,6 +184,6 @@ def precompute(cfg: Any) -> dict[str, int]:
 
 def main() -> None:
     """``omniclip-anchors <same overrides as omniclip-train>``: precompute the anchor cache."""
-    import hydra
+    from omniclip.cli import hydra_entry
 
-    hydra.main(version_base="1.3", config_path="pkg://omniclip.recipes", config_name="train")(precompute)()
+    hydra_entry("train", precompute)()

@@ -14,13 +14,13 @@ import logging
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset, Subset
 
 from omniclip.anchors import AnchorStore
 from omniclip.backbone import ClipBackbone, load_backbone
+from omniclip.cli import hydra_entry
 from omniclip.distributed import DistEnv, cleanup, init_distributed
 from omniclip.errors import ConfigError
 from omniclip.losses import LogitScale
@@ -143,13 +143,7 @@ def run(cfg: DictConfig) -> TrainResult:
         cleanup()
 
 
-@hydra.main(version_base="1.3", config_path="pkg://omniclip.recipes", config_name="train")
-def _hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
-def main() -> None:
-    _hydra_main()
+main = hydra_entry("train", run)
 
 
 if __name__ == "__main__":

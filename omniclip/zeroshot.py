@@ -13,13 +13,13 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
 from omniclip.anchors import AnchorStore
+from omniclip.cli import hydra_entry
 from omniclip.data import SafeDataset, SeededDataset, collate_skipping
 from omniclip.errors import ConfigError
 from omniclip.evaluation import (
@@ -164,13 +164,7 @@ def run(cfg: DictConfig) -> list[EvalResult]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path="pkg://omniclip.recipes", config_name="zeroshot")
-def _hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
-def main() -> None:
-    _hydra_main()
+main = hydra_entry("zeroshot", run)
 
 
 if __name__ == "__main__":
