@@ -13,12 +13,13 @@ at step k and resumed produces the same batches and losses as one that never sto
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -262,7 +263,7 @@ class Trainer:
             batch = next(batches)
             num_samples += len(batch["inputs"]) if hasattr(batch["inputs"], "__len__") else cfg.batch_size
             sync = micro == cfg.grad_accum_steps - 1
-            context = module.no_sync() if (self.ddp is not None and not sync) else _nullcontext()
+            context = module.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
             with context:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_autocast):
                     loss, logs = module(batch)
@@ -296,7 +297,7 @@ class Trainer:
         """Endless stream of usable batches; advances the sampler and counts skipped samples."""
         while True:
             self.sampler.set_epoch(self.sampler.epoch)
-            produced = False
+            remaining, produced = len(self.sampler), False
             for batch in self.loader:
                 self.sampler.advance()
                 skipped = batch.pop("skipped", [])
@@ -305,8 +306,8 @@ class Trainer:
                     continue
                 produced = True
                 yield _to_device(batch, self.device)
-            if not produced and len(self.sampler) == 0 and self.sampler.consumed == 0:
-                raise RuntimeError("the training data produced no usable batch in a whole epoch")
+            if remaining and not produced:
+                raise RuntimeError("the training data produced no usable batch in a whole epoch: " + self.skips.summary())
             self.sampler.set_epoch(self.sampler.epoch + 1)
 
     def _all_finite(self, finite: bool) -> bool:
@@ -407,14 +408,6 @@ def _jsonable(config: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(config), default=str))
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 def trainer_config_from(cfg: Mapping[str, Any]) -> TrainerConfig:
     """Build a `TrainerConfig` from a mapping; unknown keys are an error naming them."""
     known = set(TrainerConfig.__dataclass_fields__)
@@ -424,4 +417,4 @@ def trainer_config_from(cfg: Mapping[str, Any]) -> TrainerConfig:
     return TrainerConfig(**dict(cfg))
 
 
-__all__ = ["Trainer", "TrainerConfig", "TrainResult", "NonFiniteLossError", "trainer_config_from", "asdict"]
+__all__ = ["Trainer", "TrainerConfig", "TrainResult", "NonFiniteLossError", "trainer_config_from"]
