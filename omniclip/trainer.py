@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from omniclip.data import ResumableSampler, SkipCounter, build_loader
-from omniclip.distributed import DistEnv, all_reduce_mean, barrier
+from omniclip.distributed import DistEnv, all_gather_object, all_reduce_mean, barrier
 from omniclip.errors import ConfigError
 from omniclip.optim import build_optimizer, cosine_schedule
 from omniclip.state import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
@@ -166,13 +166,15 @@ class Trainer:
         return weights
 
     def save(self) -> Path | None:
+        """Write a checkpoint (main rank). Every rank must call it: RNG states are gathered."""
+        rng_states = all_gather_object(capture_rng_state())  # one per rank, restored per rank
         if not self.env.is_main:
             return None
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": capture_rng_state(),
+            "rng": rng_states,
             "sampler": self.sampler.state_dict(),
             "skips": self.skips.state_dict(),
             "skipped_steps": self.skipped_steps,
@@ -198,7 +200,11 @@ class Trainer:
         self.skips.load_state_dict(state["skips"])
         self.skipped_steps = int(state["skipped_steps"])
         self.step = int(state["step"])
-        restore_rng_state(state["rng"])
+        rng_states = state["rng"]
+        if len(rng_states) != self.env.world_size:
+            log.warning("checkpoint has RNG states of %d ranks, this run has %d: ranks reuse them cyclically",
+                        len(rng_states), self.env.world_size)
+        restore_rng_state(rng_states[self.env.rank % len(rng_states)])
         log.info("resumed from %s at step %d", path, self.step)
         return path
 

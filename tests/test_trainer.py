@@ -26,7 +26,7 @@ def make_trainer(backbone, out_dir, dataset_cfg=None, wrap_objective=None, **ove
 
 
 def test_training_reduces_loss_and_writes_checkpoints(tmp_path, tiny_backbone):
-    trainer = make_trainer(tiny_backbone, tmp_path, max_steps=12, checkpoint_every=4, keep_last=2)
+    trainer = make_trainer(tiny_backbone, tmp_path, max_steps=12, checkpoint_every=4, keep_last=2, tensorboard=True)
     result = trainer.fit()
     assert result.step == 12 and len(result.losses) == 12
     assert sum(result.losses[-3:]) / 3 < sum(result.losses[:3]) / 3
@@ -35,6 +35,7 @@ def test_training_reduces_loss_and_writes_checkpoints(tmp_path, tiny_backbone):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 13))
     assert {"loss", "lr", "samples_per_s", "contrastive/loss_text", "contrastive/loss_image"} <= set(records[-1])
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_frozen_clip_weights_do_not_change(tmp_path, tiny_backbone):

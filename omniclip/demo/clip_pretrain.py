@@ -36,9 +36,9 @@ INFO_FILE = "clip.json"
 @dataclass(frozen=True)
 class ClipPretrainConfig:
     model: str = "omniclip-demo-vit"
-    steps: int = 600
+    steps: int = 700
     batch_size: int = 128
-    lr: float = 2e-3
+    lr: float = 3e-3
     weight_decay: float = 0.1
     warmup_steps: int = 40
     image_size: int = 32

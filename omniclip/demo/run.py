@@ -56,12 +56,12 @@ def preset(name: str, seed: int = 0) -> DemoConfig:
     if name == "quick":
         return replace(
             base,
-            world=replace(base.world, num_points=128, render_points=2048),
-            clip=replace(base.clip, steps=8, batch_size=32, warmup_steps=2, eval_per_class=4),
+            world=replace(base.world, num_points=64, render_points=1024),
+            clip=replace(base.clip, steps=4, batch_size=16, warmup_steps=1, eval_per_class=2),
             lens=replace(base.lens, num_groups=8, group_size=8),
-            train=replace(base.train, steps=4, batch_size=8, warmup_steps=1),
-            train_per_class=4,
-            test_per_class=3,
+            train=replace(base.train, steps=2, batch_size=8, warmup_steps=1),
+            train_per_class=2,
+            test_per_class=2,
         )
     if name == "default":
         return base

@@ -78,7 +78,7 @@ def test_shapes_fit_the_rendered_square_and_captions_name_their_class():
 
 def test_class_balance_and_determinism_by_seed():
     world = WorldConfig(num_points=32, render_points=128)
-    a = make_shape_set(world, [0, 3, 5], 4, seed=7, name="a", image_size=16, chunk=5)
+    a = make_shape_set(world, [0, 3, 5], 4, seed=7, name="a", image_size=16)
     b = make_shape_set(world, [0, 3, 5], 4, seed=7, name="b", image_size=16)
     c = make_shape_set(world, [0, 3, 5], 4, seed=8, name="c", image_size=16)
     assert torch.bincount(a.labels, minlength=6).tolist() == [4, 0, 0, 4, 0, 4]

@@ -1,0 +1,62 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from omniclip.demo.clip_pretrain import pretrain_clip
+from omniclip.demo.run import main, preset
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["--quick", "--out", str(out), "--threads", "2"]) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def accuracies(record):
+    for mode in ("raw", "calibrated"):
+        for key in ("all", "seen", "held_out", "held_out_among_held_out"):
+            yield record[mode][key]
+
+
+def test_quick_run_writes_results_and_confusion_png(quick_run):
+    out, results = quick_run
+    assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"classes", "chance", "clip", "variants", "splits", "summary", "seconds", "config"} <= set(results)
+    num_classes = len(results["classes"])
+    assert num_classes == 10
+    assert results["chance"]["all"] == pytest.approx(1 / num_classes)
+    assert results["chance"]["held_out"] == pytest.approx(1 / num_classes)
+    split = results["splits"][0]
+    assert results["chance"]["held_out_among_held_out"] == pytest.approx(1 / len(split["held_out"]))
+    assert results["variants"] == ["vit", "random_vit", "no_vit"]
+    for record in [split["image_tower"], *split["variants"].values()]:
+        assert all(0.0 <= value <= 1.0 for value in accuracies(record))
+        confusion = record["raw"]["confusion"]
+        assert len(confusion) == num_classes and all(len(row) == num_classes for row in confusion)
+        assert sum(map(sum, confusion)) == sum(map(sum, record["calibrated"]["confusion"]))
+
+
+def test_calibration_gives_held_out_classes_their_share_of_predictions(quick_run):
+    _, results = quick_run
+    split = results["splits"][0]
+    held = [results["classes"].index(name) for name in split["held_out"]]
+    for record in split["variants"].values():
+        confusion = record["calibrated"]["confusion"]
+        total = sum(map(sum, confusion))
+        predicted_held = sum(row[c] for row in confusion for c in held)
+        assert predicted_held == round(total * len(held) / len(results["classes"]))
+
+
+def test_clip_weights_are_cached_and_reused(quick_run):
+    out, results = quick_run
+    weights = out / results["clip"]["hash"] / "model.safetensors"
+    cfg = preset("quick")
+    messages = []
+    backbone, info = pretrain_clip(cfg.world, cfg.clip, out, messages.append)
+    assert messages == [f"tiny CLIP: reusing {weights}"]
+    assert info == results["clip"]
+    saved = load_file(str(weights))
+    assert all(torch.equal(value, saved[key]) for key, value in backbone.model.state_dict().items())
