@@ -28,13 +28,17 @@ import uuid
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
+import open_clip
 import torch
 from torch import Tensor, nn
 
 from omniclip import registry
 from omniclip.errors import CheckpointMismatchError, ConfigError, OmniclipError
+
+if TYPE_CHECKING:
+    from omniclip.modality import TrunkSpec
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -389,6 +393,88 @@ class Converter:
     default_config: dict = field(default_factory=dict)
 
 
+#: Keys of an open_clip CLIP's text tower, which ViT-Lens models keep at the top level: frozen,
+#: so converters of lens checkpoints ignore them.
+OPEN_CLIP_TEXT_TOWER = (
+    r"transformer\.",
+    r"token_embedding\.",
+    r"ln_final\.",
+    r"(positional_embedding|text_projection|logit_scale)$",
+)
+
+
+def trunk_spec_of(backbone: str, trunk_cfg: Mapping[str, Any]) -> "TrunkSpec":
+    """The `TrunkSpec` a trunk over open_clip model ``backbone`` would have, from its config alone."""
+    import omniclip.backbone  # noqa: F401  (registers omniclip's own model configs)
+    from omniclip.modality import TrunkSpec
+
+    config = open_clip.get_model_config(backbone)
+    if config is None:
+        raise ConfigError("backbone.name", f"unknown open_clip model `{backbone}`")
+    vision = config["vision_cfg"]
+    grid = int(vision["image_size"]) // int(vision["patch_size"])
+    return TrunkSpec(
+        width=int(vision["width"]),
+        patch_size=int(vision["patch_size"]),
+        num_positions=grid * grid + 1,
+        image_size=int(vision["image_size"]),
+        num_blocks=int(vision["layers"]) - int(trunk_cfg.get("skip_blocks", 0)),
+        embed_dim=int(config["embed_dim"]),
+    )
+
+
+class TrunkTrainedParts(nn.Module):
+    """The trainable parameters of a `ViTTrunk` under the same names, without the frozen rest.
+
+    Built from the open_clip config of ``backbone``: ``unlocked_blocks`` residual blocks, and the
+    class token / positional embedding when unlocked. Lets a converter load and write the
+    ``trunk.*`` keys without instantiating (or downloading) the whole CLIP.
+    """
+
+    def __init__(self, backbone: str, trunk_cfg: Mapping[str, Any]) -> None:
+        super().__init__()
+        spec = trunk_spec_of(backbone, trunk_cfg)
+        vision = open_clip.get_model_config(backbone)["vision_cfg"]
+        heads = spec.width // int(vision.get("head_width", 64))
+        ratio = float(vision.get("mlp_ratio", 4.0))
+        self.blocks = nn.ModuleList(
+            open_clip.transformer.ResidualAttentionBlock(spec.width, heads, ratio)
+            for _ in range(int(trunk_cfg.get("unlocked_blocks", 0)))
+        )
+        if trunk_cfg.get("unlock_class_token", False):
+            self.class_embedding = nn.Parameter(torch.zeros(spec.width))
+        if trunk_cfg.get("unlock_positional_embedding", False):
+            self.positional_embedding = nn.Parameter(torch.zeros(spec.num_positions, spec.width))
+
+
+class LensExport(nn.Module):
+    """Container whose state dict has exactly the `LensModel.trainable_state_dict` keys."""
+
+    def __init__(self, tokenizer: nn.Module, lens: nn.Module, trunk: nn.Module | None = None) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.lens = lens
+        if trunk is not None and any(True for _ in trunk.parameters()):
+            self.trunk = trunk
+
+
+def build_lens_export(config: Mapping[str, Any]) -> LensExport:
+    """The `LensExport` of a lens-model config (``modality``, ``tokenizer``, ``lens``, ``trunk``,
+    ``backbone``): what a lens converter's ``build`` returns."""
+    from omniclip.lens import build_lens
+    from omniclip.modality import get_modality
+
+    lens_cfg = dict(config["lens"])
+    auto = sorted(k for k, v in lens_cfg.items() if v in ("auto", None))
+    if auto:
+        raise ConfigError(f"lens.{auto[0]}", "a converter needs explicit lens sizes, not `auto`")
+    trunk_cfg = config.get("trunk", {})
+    backbone = config["backbone"]["name"]
+    spec = trunk_spec_of(backbone, trunk_cfg)
+    tokenizer = get_modality(config["modality"]).build_tokenizer(config.get("tokenizer", {}), spec)
+    return LensExport(tokenizer, build_lens(lens_cfg), TrunkTrainedParts(backbone, trunk_cfg))
+
+
 def register_converter(converter: Converter) -> Converter:
     """Register ``converter`` under its name (``"<modality>.<variant>"``)."""
     registry.register("converter", converter.name, converter)
@@ -536,7 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("converter", help='converter name, e.g. "pointcloud.vitlens-l"')
     parser.add_argument("src", help="checkpoint file (.safetensors, .pt, .pth, .bin, .ckpt)")
-    parser.add_argument("out_dir", help="folder receiving model.safetensors and config.json")
+    parser.add_argument("out_dir", help="folder receiving lens.safetensors and config.json")
     parser.add_argument(
         "--trust-pickle",
         action="store_true",
@@ -567,7 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"omniclip-convert: {exc}", file=sys.stderr)
         return 2
     print(report)
-    print(f"wrote {Path(args.out_dir) / 'model.safetensors'} and config.json")
+    print(f"wrote {Path(args.out_dir) / 'lens.safetensors'} and config.json")
     return 0
 
 

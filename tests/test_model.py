@@ -2,8 +2,7 @@ import pytest
 import torch
 
 from omniclip.errors import CheckpointMismatchError, ConfigError
-from omniclip.model import LensModel, build_lens_model
-from tests.toy_modality import ToyTokenizer
+from omniclip.model import build_lens_model
 
 
 def test_build_resolves_auto_sizes_from_trunk(tiny_backbone):

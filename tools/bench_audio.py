@@ -2,6 +2,12 @@
 
     python tools/bench_audio.py                      # CPU, 64 wav files of 5 s at 16 kHz
     python tools/bench_audio.py --device cuda        # fbank on the GPU (decode stays on CPU)
+    python tools/bench_audio.py --lens-step          # also: audio lens training step, fbank in the model
+
+The lens-step line times forward + backward + AdamW of the audio tokenizer and a ViT-B/16-sized
+Perceiver (196 x 768, depth 2, 3 self-attentions per cross-attention; the frozen trunk is left
+out, it costs the same either way) fed waveforms, the fbank and its augmentations computed
+inside the tokenizer, against the same step fed precomputed fbank.
 
 Baseline, measured in the same run: the reference's path, one file at a time: soundfile read,
 ``torchaudio.compliance.kaldi.fbank`` on the mean-free clip, zero-pad to 512 frames, normalise.
@@ -24,6 +30,7 @@ import torch
 import torchaudio
 
 from omniclip.modalities.audio.features import AudioFrontend, normalize_fbank, pad_or_cut
+from omniclip.modalities.audio.tokenizer import AudioPatchTokenizer
 from omniclip.modalities.audio.io import load_audio, sample_clips
 
 
@@ -75,12 +82,41 @@ def write_files(folder: Path, count: int, seconds: float, sr: int) -> list[Path]
     return paths
 
 
+def lens_step_times(device: torch.device, batch: int, repeats: int) -> dict[str, float]:
+    """Best time of one training step of tokenizer + lens, from waveforms and from fbank."""
+    from omniclip.lens import Perceiver
+    from omniclip.modalities.audio import AudioTokenizer
+
+    torch.manual_seed(0)
+    lens = Perceiver(input_dim=768, latent_dim=768, num_latents=196, depth=2, latent_heads=12,
+                     self_per_cross_attn=3).to(device)
+    from_waves = AudioTokenizer(768, 16).to(device).train()
+    from_fbank = AudioPatchTokenizer(768, 16).to(device)
+    waves = 0.1 * torch.randn(batch, 80000, device=device)
+    fbank = from_waves.frontend(waves)
+
+    def step(tokenizer: torch.nn.Module, inputs: torch.Tensor) -> Callable[[], None]:
+        optimizer = torch.optim.AdamW([*tokenizer.parameters(), *lens.parameters()], lr=1e-4)
+
+        def run() -> None:
+            lens(tokenizer(inputs)).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return run
+
+    return best_times({"lens step: fbank precomputed": step(from_fbank, fbank),
+                       "lens step: waveforms (fbank inside)": step(from_waves, waves)}, device, repeats)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--files", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--lens-step", action="store_true", help="also time an audio lens training step")
+    parser.add_argument("--lens-batch", type=int, default=2)
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -139,6 +175,12 @@ def main() -> None:
         base = baseline if name.startswith("decode + fbank") else t["fbank: torchaudio per file"]
         ratio = f"{base / seconds:.2f}x" if name.startswith(("fbank", "decode + fbank")) else ""
         print(f"{name:<32}{seconds * 1e3:>10.1f}{n / seconds:>10.0f}{ratio:>24}")
+    if args.lens_step:
+        steps = lens_step_times(device, args.lens_batch, max(2, args.repeats // 4))
+        base = steps["lens step: fbank precomputed"]
+        print(f"\n{'stage (batch ' + str(args.lens_batch) + ')':<40}{'ms':>10}{'clips/s':>10}{'vs precomputed':>16}")
+        for name, seconds in steps.items():
+            print(f"{name:<40}{seconds * 1e3:>10.1f}{args.lens_batch / seconds:>10.1f}{base / seconds:>15.2f}x")
 
 
 if __name__ == "__main__":

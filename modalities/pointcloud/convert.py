@@ -21,24 +21,9 @@ rebuilds the model on top of the matching CLIP (``backbone`` in the written conf
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
 
-import open_clip
-import torch
-from torch import nn
-
-from omniclip.convert import Converter, KeyMap, register_converter
-from omniclip.errors import ConfigError
-from omniclip.lens import build_lens
+from omniclip.convert import OPEN_CLIP_TEXT_TOWER, Converter, KeyMap, build_lens_export, register_converter
 from omniclip.modalities.pointcloud.lens_configs import PUBLISHED
-
-# The text tower of an open_clip CLIP lives at the top level of the ViT-Lens model.
-_TEXT_TOWER_IGNORE = (
-    r"transformer\.",
-    r"token_embedding\.",
-    r"ln_final\.",
-    r"(positional_embedding|text_projection|logit_scale)$",
-)
 
 VITLENS_L_KEYMAP = KeyMap(
     rules=(
@@ -49,7 +34,7 @@ VITLENS_L_KEYMAP = KeyMap(
         r"visual\.(class_embedding|positional_embedding|proj)$",  # frozen trunk = the user's CLIP
         r"visual\.(ln_pre|ln_post|transformer)\.",
         r"image\.",  # the frozen CLIP image tower (image anchors)
-        *_TEXT_TOWER_IGNORE,
+        *OPEN_CLIP_TEXT_TOWER,
     ),
 )
 
@@ -68,64 +53,11 @@ VITLENS_BIGG_KEYMAP = KeyMap(
 )
 
 
-class TrunkTrainedParts(nn.Module):
-    """The trainable parameters of a `ViTTrunk` under the same names, without the frozen rest.
-
-    Built from the open_clip config of ``backbone``: ``unlocked_blocks`` residual blocks, and the
-    class token / positional embedding when unlocked. Lets a converter load and write the
-    ``trunk.*`` keys without instantiating (or downloading) the whole CLIP.
-    """
-
-    def __init__(self, backbone: str, trunk_cfg: Mapping[str, Any]) -> None:
-        super().__init__()
-        import omniclip.backbone  # noqa: F401  (registers omniclip's own model configs)
-
-        config = open_clip.get_model_config(backbone)
-        if config is None:
-            raise ConfigError("backbone.name", f"unknown open_clip model `{backbone}`")
-        vision = config["vision_cfg"]
-        width = int(vision["width"])
-        heads = width // int(vision.get("head_width", 64))
-        ratio = float(vision.get("mlp_ratio", 4.0))
-        self.blocks = nn.ModuleList(
-            open_clip.transformer.ResidualAttentionBlock(width, heads, ratio)
-            for _ in range(int(trunk_cfg.get("unlocked_blocks", 0)))
-        )
-        if trunk_cfg.get("unlock_class_token", False):
-            self.class_embedding = nn.Parameter(torch.zeros(width))
-        if trunk_cfg.get("unlock_positional_embedding", False):
-            grid = int(vision["image_size"]) // int(vision["patch_size"])
-            self.positional_embedding = nn.Parameter(torch.zeros(grid * grid + 1, width))
-
-
-class LensExport(nn.Module):
-    """Container whose state dict has exactly the `LensModel.trainable_state_dict` keys."""
-
-    def __init__(self, tokenizer: nn.Module, lens: nn.Module, trunk: nn.Module | None = None) -> None:
-        super().__init__()
-        self.tokenizer = tokenizer
-        self.lens = lens
-        if trunk is not None and any(True for _ in trunk.parameters()):
-            self.trunk = trunk
-
-
-def build_export(config: Mapping[str, Any]) -> LensExport:
-    """The `LensExport` for a lens-model config (``tokenizer``, ``lens``, ``trunk``, ``backbone``)."""
-    from omniclip.modalities.pointcloud import build_tokenizer
-
-    lens_cfg = dict(config["lens"])
-    auto = sorted(k for k, v in lens_cfg.items() if v in ("auto", None))
-    if auto:
-        raise ConfigError(f"lens.{auto[0]}", "a converter needs explicit lens sizes, not `auto`")
-    trunk = TrunkTrainedParts(config["backbone"]["name"], config.get("trunk", {}))
-    return LensExport(build_tokenizer(config["tokenizer"]), build_lens(lens_cfg), trunk)
-
-
 register_converter(Converter(
     name="pointcloud.vitlens-l",
     description="ViT-Lens ViT-L/14 3D (ULIP ShapeNet or ULIP-2 Objaverse): Point-BERT tokenizer + Perceiver",
     keymap=VITLENS_L_KEYMAP,
-    build=build_export,
+    build=build_lens_export,
     default_config=copy.deepcopy(PUBLISHED["vitlens-l"]),
 ))
 
@@ -133,6 +65,6 @@ register_converter(Converter(
     name="pointcloud.vitlens-bigg",
     description="ViT-Lens ViT-bigG/14 3D (OpenShape triplets): PointNet++ tokenizer + Perceiver + blocks 16-17",
     keymap=VITLENS_BIGG_KEYMAP,
-    build=build_export,
+    build=build_lens_export,
     default_config=copy.deepcopy(PUBLISHED["vitlens-bigg"]),
 ))
