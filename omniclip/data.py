@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
+from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, NamedTuple, Sequence
 
 import numpy as np
@@ -336,3 +337,31 @@ def build_loader(
         drop_last=sampler.drop_last,
         persistent_workers=persistent_workers,
     )
+
+
+# ------------------------------------------------------------------ dataset construction checks
+# Datasets check their configuration when built, so a bad recipe fails before training; the
+# keys are relative to the dataset config (the core prefixes them, e.g. ``data.train.root``).
+
+
+def require_dir(root: Any, key: str = "root") -> Path:
+    """``root`` as an existing folder, else a ConfigError naming ``key``."""
+    if root is None:
+        raise ConfigError(key, "missing: set the dataset folder")
+    path = Path(str(root)).expanduser()
+    if not path.is_dir():
+        raise ConfigError(key, f"folder {path} does not exist")
+    return path
+
+
+def require_file(path: Path, key: str, hint: str) -> Path:
+    """``path`` if it is a file, else a ConfigError naming ``key`` and what the file is (``hint``)."""
+    if not path.is_file():
+        raise ConfigError(key, f"{path} not found ({hint})")
+    return path
+
+
+def require_split(split: str, allowed: Sequence[str]) -> None:
+    if split not in allowed:
+        raise ConfigError("split", f"`{split}` is not one of {tuple(allowed)}")
+

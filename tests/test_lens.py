@@ -1,50 +1,9 @@
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
 
 from omniclip.errors import ConfigError
 from omniclip.lens import IdentityLens, Perceiver, build_lens
-
-
-def _ln(x, sd, prefix):
-    return F.layer_norm(x, x.shape[-1:], sd[prefix + ".weight"], sd[prefix + ".bias"], eps=1e-5)
-
-
-def _attn(x, ctx, sd, prefix, heads, dim_head):
-    q = x @ sd[prefix + ".to_q.weight"].T
-    kv = ctx @ sd[prefix + ".to_kv.weight"].T
-    k, v = kv[..., : heads * dim_head], kv[..., heads * dim_head :]
-    outs = []
-    for h in range(heads):
-        sl = slice(h * dim_head, (h + 1) * dim_head)
-        sim = q[..., sl] @ k[..., sl].transpose(-1, -2) / math.sqrt(dim_head)
-        outs.append(sim.softmax(-1) @ v[..., sl])
-    return torch.cat(outs, -1) @ sd[prefix + ".to_out.weight"].T + sd[prefix + ".to_out.bias"]
-
-
-def _ff(x, sd, prefix):
-    h = x @ sd[prefix + ".net.0.weight"].T + sd[prefix + ".net.0.bias"]
-    a, g = h.chunk(2, -1)
-    h = a * 0.5 * g * (1 + torch.erf(g / math.sqrt(2)))
-    return h @ sd[prefix + ".net.2.weight"].T + sd[prefix + ".net.2.bias"]
-
-
-def reference_perceiver(sd, tokens, depth, spc, cross=(1, 16), latent=(4, 8)):
-    """Perceiver forward from the raw state dict, in the ViT-Lens key layout."""
-    x = sd["latents"].expand(tokens.shape[0], -1, -1)
-    for i in range(depth):
-        p = f"layers.{i}"
-        ctx = _ln(tokens, sd, f"{p}.0.norm_context")
-        x = x + _attn(_ln(x, sd, f"{p}.0.norm"), ctx, sd, f"{p}.0.fn", *cross)
-        x = x + _ff(_ln(x, sd, f"{p}.1.norm"), sd, f"{p}.1.fn")
-        for j in range(spc):
-            q = f"{p}.2.{j}"
-            h = _ln(x, sd, f"{q}.0.norm")
-            x = x + _attn(h, h, sd, f"{q}.0.fn", *latent)
-            x = x + _ff(_ln(x, sd, f"{q}.1.norm"), sd, f"{q}.1.fn")
-    return x
+from tests.reference import reference_perceiver
 
 
 @pytest.mark.parametrize("tie", [False, True])
@@ -58,7 +17,8 @@ def test_perceiver_matches_reference_computation(tie):
     sd = lens.state_dict()
     with torch.no_grad():
         out = lens(tokens)
-    torch.testing.assert_close(out, reference_perceiver(sd, tokens, 3, 2), atol=1e-5, rtol=1e-5)
+    cfg = {"depth": 3, "self_per_cross_attn": 2, "cross_dim_head": 16, "latent_heads": 4, "latent_dim_head": 8}
+    torch.testing.assert_close(out, reference_perceiver(sd, tokens, cfg), atol=1e-5, rtol=1e-5)
     assert out.shape == (2, 9, 32)
     if tie:
         assert lens.layers[1] is lens.layers[2] and lens.layers[0] is not lens.layers[1]

@@ -49,11 +49,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, Dataset
-
-from omniclip.errors import ConfigError, SampleError
 from omniclip.modalities.audio.io import load_audio, sample_clips
 from omniclip.modalities.audio.templates import SOUND_TEMPLATES
+from torch.utils.data import ConcatDataset, Dataset
+
+from omniclip.data import require_dir, require_file, require_split
+from omniclip.errors import ConfigError, SampleError
 
 log = logging.getLogger(__name__)
 
@@ -128,24 +129,7 @@ def clean_caption(text: str) -> str:
 # ------------------------------------------------------------------------------------ helpers
 
 
-def _check_root(root: Any) -> Path:
-    if root is None:
-        raise ConfigError("root", "missing: set the dataset folder")
-    path = Path(str(root)).expanduser()
-    if not path.is_dir():
-        raise ConfigError("root", f"folder {path} does not exist")
-    return path
 
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ConfigError("split", f"`{split}` is not one of {SPLITS}")
-
-
-def _require_file(path: Path, key: str, hint: str) -> Path:
-    if not path.is_file():
-        raise ConfigError(key, f"{path} not found ({hint})")
-    return path
 
 
 def _read_csv(path: Path, key: str, columns: Sequence[str]) -> list[dict[str, str]]:
@@ -373,11 +357,11 @@ class ESC50(LabelledClips):
 
     def __init__(self, root: str | Path, split: str, opts: ClipOptions, image_transform: ImageTransform | None = None,
                  folds: Sequence[int] | None = None, meta: str = "meta/esc50.csv", audio_dir: str = "audio"):
-        root = _check_root(root)
-        _check_split(split)
+        root = require_dir(root)
+        require_split(split, SPLITS)
         super().__init__(root, split, opts, image_transform)
         hint = "expected the ESC-50 layout; see tools/prepare_esc50.py"
-        meta_path = _require_file(root / meta, "root", hint)
+        meta_path = require_file(root / meta, "root", hint)
         rows = _read_csv(meta_path, "meta", ("filename", "fold", "target", "category"))
         self.class_names = esc50_class_names()
         keep = None if folds is None else {int(f) for f in folds}
@@ -410,7 +394,7 @@ def read_segments(path: Path, key: str) -> list[list[str]]:
 
 def read_audioset_labels(path: Path, key: str = "labels") -> tuple[dict[str, int], list[str]]:
     """mid -> index and the lower-cased display names, from ``class_labels_indices.csv``."""
-    rows = _read_csv(_require_file(path, key, "AudioSet's class_labels_indices.csv"), key,
+    rows = _read_csv(require_file(path, key, "AudioSet's class_labels_indices.csv"), key,
                      ("index", "mid", "display_name"))
     if [int(r["index"]) for r in rows] != list(range(len(rows))):
         raise ConfigError(key, f"{path}: indices are not 0..{len(rows) - 1} in order")
@@ -425,14 +409,14 @@ class AudioSet(LabelledClips):
     def __init__(self, root: str | Path, split: str, opts: ClipOptions, image_transform: ImageTransform | None = None,
                  segments: str | Sequence[str] = "balanced_train_segments.csv",
                  labels: str = "class_labels_indices.csv", audio_dir: str = "audio", video_dir: str | None = None):
-        root = _check_root(root)
-        _check_split(split)
+        root = require_dir(root)
+        require_split(split, SPLITS)
         super().__init__(root, split, opts, image_transform, video_dir)
         index, self.class_names = read_audioset_labels(root / labels)
         folder = _folder(root, audio_dir, "audio_dir")
         files: dict[str, Path] | None = None
         for name in [segments] if isinstance(segments, str) else list(segments):
-            seg_path = _require_file(root / name, "segments", "an AudioSet segment CSV or a prepared manifest")
+            seg_path = require_file(root / name, "segments", "an AudioSet segment CSV or a prepared manifest")
             for line, (ytid, _start, _end, mids, *path) in enumerate(read_segments(seg_path, "segments"), 1):
                 unknown = [m for m in mids.split(",") if m not in index]
                 if unknown:
@@ -454,10 +438,10 @@ class VGGSound(LabelledClips):
 
     def __init__(self, root: str | Path, split: str, opts: ClipOptions, image_transform: ImageTransform | None = None,
                  csv_file: str = "vggsound.csv", audio_dir: str = "audio", video_dir: str | None = None):
-        root = _check_root(root)
-        _check_split(split)
+        root = require_dir(root)
+        require_split(split, SPLITS)
         super().__init__(root, split, opts, image_transform, video_dir)
-        table = _require_file(root / csv_file, "root", "VGGSound's vggsound.csv")
+        table = require_file(root / csv_file, "root", "VGGSound's vggsound.csv")
         try:
             with table.open(newline="", encoding="utf-8") as handle:
                 rows = [r for r in csv.reader(handle) if r]
@@ -489,11 +473,11 @@ class Clotho(CaptionedClips):
 
     def __init__(self, root: str | Path, split: str, opts: ClipOptions, image_transform: ImageTransform | None = None,
                  captions_csv: str | None = None, audio_dir: str | None = None):
-        root = _check_root(root)
-        _check_split(split)
+        root = require_dir(root)
+        require_split(split, SPLITS)
         super().__init__(root, split, opts, image_transform)
         part = self.SPLIT_NAMES[split]
-        table = _require_file(root / (captions_csv or f"clotho_captions_{part}.csv"), "root",
+        table = require_file(root / (captions_csv or f"clotho_captions_{part}.csv"), "root",
                               "expected the Clotho layout; see tools/prepare_clotho.py")
         columns = [f"caption_{i}" for i in range(1, 6)]
         folder = root / (audio_dir or part)
@@ -509,10 +493,10 @@ class AudioCaps(CaptionedClips):
 
     def __init__(self, root: str | Path, split: str, opts: ClipOptions, image_transform: ImageTransform | None = None,
                  csv_file: str | None = None, audio_dir: str | None = None, video_dir: str | None = None):
-        root = _check_root(root)
-        _check_split(split)
+        root = require_dir(root)
+        require_split(split, SPLITS)
         super().__init__(root, split, opts, image_transform, video_dir)
-        table = _require_file(root / (csv_file or f"{split}.csv"), "root", "AudioCaps' {train,val,test}.csv")
+        table = require_file(root / (csv_file or f"{split}.csv"), "root", "AudioCaps' {train,val,test}.csv")
         rows = _read_csv(table, "csv_file", ("audiocap_id", "youtube_id", "start_time", "caption"))
         folder = _folder(root, audio_dir or split, "audio_dir")
         files = index_files(folder, AUDIO_SUFFIXES)

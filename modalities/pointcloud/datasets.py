@@ -34,13 +34,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
-
-from omniclip.errors import ConfigError, SampleError
 from omniclip.modalities.pointcloud.io import normalize_unit_sphere, read_point_cloud
 from omniclip.modalities.pointcloud.ops import farthest_point_sample
 from omniclip.modalities.pointcloud.templates import TEMPLATES
 from omniclip.modalities.pointcloud.transforms import PointAugment
+from torch.utils.data import Dataset
+
+from omniclip.data import require_dir, require_file, require_split
+from omniclip.errors import ConfigError, SampleError
 
 ImageTransform = Callable[[Any], torch.Tensor]
 SPLITS = ("train", "val", "test")
@@ -132,24 +133,7 @@ def read_cloud(path: Path, opts: CloudOptions) -> np.ndarray:
     return read_point_cloud(path, opts.num_points, opts.with_color, rng, default_color=opts.default_color)
 
 
-def _check_root(root: Any) -> Path:
-    if root is None:
-        raise ConfigError("root", "missing: set the dataset folder")
-    path = Path(str(root)).expanduser()
-    if not path.is_dir():
-        raise ConfigError("root", f"folder {path} does not exist")
-    return path
 
-
-def _require_file(path: Path, key: str, hint: str) -> Path:
-    if not path.is_file():
-        raise ConfigError(key, f"{path} not found ({hint})")
-    return path
-
-
-def _check_split(split: str, allowed: Sequence[str]) -> None:
-    if split not in allowed:
-        raise ConfigError("split", f"`{split}` is not one of {tuple(allowed)}")
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -160,11 +144,11 @@ class ModelNet40(Dataset):
     """ModelNet40 in the ``modelnet40_normal_resampled`` layout (labels = shape-names order)."""
 
     def __init__(self, root: str | Path, split: str, opts: CloudOptions, suffix: str = "auto"):
-        self.root = _check_root(root)
-        _check_split(split, ("train", "test"))
+        self.root = require_dir(root)
+        require_split(split, ("train", "test"))
         hint = "expected the modelnet40_normal_resampled layout; see tools/prepare_modelnet40.py"
-        names = _read_lines(_require_file(self.root / "modelnet40_shape_names.txt", "root", hint))
-        ids = _read_lines(_require_file(self.root / f"modelnet40_{split}.txt", "root", hint))
+        names = _read_lines(require_file(self.root / "modelnet40_shape_names.txt", "root", hint))
+        ids = _read_lines(require_file(self.root / f"modelnet40_{split}.txt", "root", hint))
         index = {name: i for i, name in enumerate(names)}
         self.items: list[tuple[str, int]] = []
         for line, shape_id in enumerate(ids, 1):
@@ -202,12 +186,12 @@ class ScanObjectNN(Dataset):
                  file: str = "objectdataset"):
         import h5py
 
-        self.root = _check_root(root)
-        _check_split(split, ("train", "test"))
+        self.root = require_dir(root)
+        require_split(split, ("train", "test"))
         prefix = "training" if split == "train" else "test"
         self.path = self.root / variant / f"{prefix}_{file}.h5"
         hint = "expected h5_files/<variant>/{training,test}_<file>.h5; see tools/prepare_scanobjectnn.py"
-        _require_file(self.path, "root", hint)
+        require_file(self.path, "root", hint)
         try:
             with h5py.File(self.path, "r") as h5:
                 missing = [k for k in ("data", "label") if k not in h5]
@@ -248,16 +232,16 @@ class ULIPShapeNet(Dataset):
     def __init__(self, root: str | Path, split: str, opts: CloudOptions, image_transform: ImageTransform | None,
                  pc_dir: str = "shapenet_pc", image_dir: str = "rendered_images",
                  image_types: Sequence[str] = ("", "_depth0001"), whole: bool = True, templates: str = "default"):
-        self.root = _check_root(root)
-        _check_split(split, ("train", "test"))
+        self.root = require_dir(root)
+        require_split(split, ("train", "test"))
         hint = "expected the ULIP shapenet-55 layout; see tools/prepare_ulip.py"
-        taxonomy = json.loads(_require_file(self.root / "taxonomy.json", "root", hint).read_text())
+        taxonomy = json.loads(require_file(self.root / "taxonomy.json", "root", hint).read_text())
         self.synonyms = {
             entry["synsetId"]: [n.strip() for n in entry["name"].split(",") if n.strip()] for entry in taxonomy
         }
-        files = _read_lines(_require_file(self.root / f"{split}.txt", "root", hint))
+        files = _read_lines(require_file(self.root / f"{split}.txt", "root", hint))
         if split == "train" and whole:
-            files = _read_lines(_require_file(self.root / "test.txt", "root", hint)) + files
+            files = _read_lines(require_file(self.root / "test.txt", "root", hint)) + files
         self.files = files
         if templates not in TEMPLATES:
             raise ConfigError("templates", f"unknown template set `{templates}` (known: {', '.join(TEMPLATES)})")
@@ -306,7 +290,7 @@ def load_image(path: Path, transform: ImageTransform) -> torch.Tensor:
 
 def _read_manifest(path: Path, key: str) -> list[dict[str, Any]]:
     """Entries of a ``.json`` list, a ``.jsonl`` file or a ``.csv`` with a header row."""
-    _require_file(path, key, "the annotation file")
+    require_file(path, key, "the annotation file")
     try:
         if path.suffix == ".csv":
             with path.open(newline="") as handle:
@@ -354,8 +338,8 @@ class ObjaverseLVIS(Dataset):
 
     def __init__(self, root: str | Path, split: str, opts: CloudOptions, annotation: str = "lvis.json",
                  path_prefix: str = "/mnt/data/objaverse-processed", trust_pickle: bool = False):
-        self.root = _check_root(root)
-        _check_split(split, SPLITS)
+        self.root = require_dir(root)
+        require_split(split, SPLITS)
         self.annotation = self.root / annotation
         entries = _read_manifest(self.annotation, "annotation")
         _require_fields(entries, ("category", "data_path"), self.annotation, "annotation")
@@ -394,8 +378,8 @@ class ObjaverseTriplets(Dataset):
 
     def __init__(self, root: str | Path, split: str, opts: CloudOptions, image_transform: ImageTransform | None,
                  manifest: str = "triplets.jsonl"):
-        self.root = _check_root(root)
-        _check_split(split, SPLITS)
+        self.root = require_dir(root)
+        require_split(split, SPLITS)
         self.manifest = self.root / manifest
         self.entries = _read_manifest(self.manifest, "manifest")
         _require_fields(self.entries, ("pc", "texts"), self.manifest, "manifest")

@@ -7,7 +7,6 @@ top level) wrapped as ``{epoch, name, state_dict, optimizer}`` with DDP ``module
 
 from __future__ import annotations
 
-import math
 
 import open_clip
 import pytest
@@ -18,7 +17,7 @@ import torchaudio
 from omniclip.convert import get_converter, main
 from omniclip.model import load_lens_model
 from omniclip.modalities.audio.convert import PUBLISHED
-from tests.modalities.pointcloud.test_convert import mapped_shapes, perceiver_reference_keys, vitlens_three_tower_keys
+from tests.reference import mapped_shapes, perceiver_reference_keys, reference_perceiver, vitlens_three_tower_keys
 
 
 def test_published_layout_maps_every_key_strictly():
@@ -80,39 +79,6 @@ def reference_tokens(waves: torch.Tensor, s: dict[str, torch.Tensor]) -> torch.T
     return torch.stack(out)
 
 
-def reference_perceiver(tokens: torch.Tensor, s: dict[str, torch.Tensor]) -> torch.Tensor:
-    def ln(x, name):
-        return F.layer_norm(x, x.shape[-1:], s[f"{name}.weight"], s[f"{name}.bias"])
-
-    def attention(x, ctx, prefix, heads, dim_head):
-        q = x @ s[f"{prefix}.fn.to_q.weight"].T
-        kv = ctx @ s[f"{prefix}.fn.to_kv.weight"].T
-        k, v = kv[..., : heads * dim_head], kv[..., heads * dim_head:]
-        outs = []
-        for h in range(heads):
-            sl = slice(h * dim_head, (h + 1) * dim_head)
-            weights = torch.softmax(q[..., sl] @ k[..., sl].transpose(-1, -2) / math.sqrt(dim_head), dim=-1)
-            outs.append(weights @ v[..., sl])
-        return torch.cat(outs, -1) @ s[f"{prefix}.fn.to_out.weight"].T + s[f"{prefix}.fn.to_out.bias"]
-
-    def ff(x, prefix):
-        h = ln(x, f"{prefix}.norm") @ s[f"{prefix}.fn.net.0.weight"].T + s[f"{prefix}.fn.net.0.bias"]
-        a, g = h.chunk(2, -1)
-        return (a * F.gelu(g)) @ s[f"{prefix}.fn.net.2.weight"].T + s[f"{prefix}.fn.net.2.bias"]
-
-    x = s["latents"].expand(tokens.shape[0], -1, -1)
-    for i in range(LENS["depth"]):
-        p = f"layers.{i}.0"
-        x = x + attention(ln(x, f"{p}.norm"), ln(tokens, f"{p}.norm_context"), p, 1, LENS["cross_dim_head"])
-        x = x + ff(x, f"layers.{i}.1")
-        for j in range(LENS["self_per_cross_attn"]):
-            p = f"layers.{i}.2.{j}.0"
-            normed = ln(x, f"{p}.norm")
-            x = x + attention(normed, normed, p, LENS["latent_heads"], LENS["latent_dim_head"])
-            x = x + ff(x, f"layers.{i}.2.{j}.1")
-    return x
-
-
 def test_convert_cli_writes_a_lens_export_whose_forward_matches_the_raw_tensors(tmp_path, tiny_backbone, capsys):
     ckpt = small_checkpoint(tiny_backbone.model)
     src = tmp_path / "vitlensL_audio.pt"
@@ -130,7 +96,7 @@ def test_convert_cli_writes_a_lens_export_whose_forward_matches_the_raw_tensors(
         got = model.encode(waves)
         tokens = reference_tokens(waves, tok)
         torch.testing.assert_close(model.tokenizer(waves), tokens, rtol=1e-4, atol=1e-4)
-        latents = reference_perceiver(tokens, lens)
+        latents = reference_perceiver(lens, tokens, LENS)
         x = torch.cat([raw["visual.class_embedding"].expand(2, 1, -1), latents], 1) + visual.positional_embedding
         x = visual.ln_pre(x)
         for block in visual.transformer.resblocks:

@@ -8,7 +8,6 @@ level) wrapped as ``{epoch, state_dict, optimizer}`` with DDP ``module.`` prefix
 
 from __future__ import annotations
 
-import math
 
 import open_clip
 import pytest
@@ -19,54 +18,12 @@ from omniclip.convert import get_converter, main
 from omniclip.model import load_lens_model
 from omniclip.modalities.pointcloud.lens_configs import PUBLISHED
 from omniclip.trunk import ViTTrunk
+from tests.reference import mapped_shapes, perceiver_reference_keys, reference_perceiver, vitlens_three_tower_keys
 from tests.modalities.pointcloud.test_tokenizers import pnsa_reference_keys, pointbert_reference_keys, random_state
-
-
-def perceiver_reference_keys(ctx: int, dim: int, latents: int, depth: int, cross_inner: int, self_inner: int,
-                             self_per_cross: int = 1) -> dict[str, tuple]:
-    """ViT-Lens `Perceiver` (no Fourier features, no classifier head) names and shapes."""
-    keys: dict[str, tuple] = {"latents": (latents, dim)}
-
-    def ff(prefix: str) -> None:
-        keys.update({f"{prefix}.norm.weight": (dim,), f"{prefix}.norm.bias": (dim,),
-                     f"{prefix}.fn.net.0.weight": (8 * dim, dim), f"{prefix}.fn.net.0.bias": (8 * dim,),
-                     f"{prefix}.fn.net.2.weight": (dim, 4 * dim), f"{prefix}.fn.net.2.bias": (dim,)})
-
-    def attn(prefix: str, inner: int, context: int) -> None:
-        keys.update({f"{prefix}.norm.weight": (dim,), f"{prefix}.norm.bias": (dim,),
-                     f"{prefix}.fn.to_q.weight": (inner, dim), f"{prefix}.fn.to_kv.weight": (2 * inner, context),
-                     f"{prefix}.fn.to_out.weight": (dim, inner), f"{prefix}.fn.to_out.bias": (dim,)})
-
-    for i in range(depth):
-        attn(f"layers.{i}.0", cross_inner, ctx)
-        keys.update({f"layers.{i}.0.norm_context.weight": (ctx,), f"layers.{i}.0.norm_context.bias": (ctx,)})
-        ff(f"layers.{i}.1")
-        for j in range(self_per_cross):
-            attn(f"layers.{i}.2.{j}.0", self_inner, dim)
-            ff(f"layers.{i}.2.{j}.1")
-    return keys
 
 
 def clip_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return dict(model.state_dict())
-
-
-def vitlens_three_tower_keys(clip: torch.nn.Module, tokenizer: dict, lens: dict) -> dict[str, tuple]:
-    """Every key of a ViT-Lens 3D checkpoint: 3D tower (no conv1), image tower, text tower."""
-    state = {k: tuple(v.shape) for k, v in clip.state_dict().items()}
-    keys = {f"visual.visual_adapter.{k}": s for k, s in tokenizer.items()}
-    keys.update({f"visual.perceiver.{k}": s for k, s in lens.items()})
-    keys.update({k: s for k, s in state.items() if k.startswith("visual.") and not k.startswith("visual.conv1")})
-    keys.update({f"image.{k[len('visual.'):]}": s for k, s in state.items() if k.startswith("visual.")})
-    keys.update({k: s for k, s in state.items() if not k.startswith("visual.")})
-    return keys
-
-
-def mapped_shapes(name: str, keys: dict[str, tuple]) -> dict[str, tuple]:
-    converter = get_converter(name)
-    mapped, unmatched = converter.keymap.apply({k: torch.empty(s, device="meta") for k, s in keys.items()})
-    assert unmatched == []
-    return {k: tuple(v.shape) for k, v in mapped.items()}
 
 
 def test_vitlens_l_published_layout_maps_every_key_strictly():
@@ -174,38 +131,6 @@ def reference_tokens(points: torch.Tensor, s: dict[str, torch.Tensor]) -> torch.
     return torch.stack(out)
 
 
-def reference_perceiver(tokens: torch.Tensor, s: dict[str, torch.Tensor]) -> torch.Tensor:
-    def ln(x, name):
-        return F.layer_norm(x, x.shape[-1:], s[f"{name}.weight"], s[f"{name}.bias"])
-
-    def attention(x, ctx, prefix, heads, dim_head):
-        q = x @ s[f"{prefix}.fn.to_q.weight"].T
-        kv = ctx @ s[f"{prefix}.fn.to_kv.weight"].T
-        k, v = kv[..., : heads * dim_head], kv[..., heads * dim_head:]
-        outs = []
-        for h in range(heads):
-            sl = slice(h * dim_head, (h + 1) * dim_head)
-            weights = torch.softmax(q[..., sl] @ k[..., sl].transpose(-1, -2) / math.sqrt(dim_head), dim=-1)
-            outs.append(weights @ v[..., sl])
-        return torch.cat(outs, -1) @ s[f"{prefix}.fn.to_out.weight"].T + s[f"{prefix}.fn.to_out.bias"]
-
-    def ff(x, prefix):
-        h = ln(x, f"{prefix}.norm") @ s[f"{prefix}.fn.net.0.weight"].T + s[f"{prefix}.fn.net.0.bias"]
-        a, g = h.chunk(2, -1)
-        return (a * F.gelu(g)) @ s[f"{prefix}.fn.net.2.weight"].T + s[f"{prefix}.fn.net.2.bias"]
-
-    x = s["latents"].expand(tokens.shape[0], -1, -1)
-    for i in range(SMALL_LENS["depth"]):
-        p = f"layers.{i}.0"
-        x = x + attention(ln(x, f"{p}.norm"), ln(tokens, f"{p}.norm_context"), p, 1, SMALL_LENS["cross_dim_head"])
-        x = x + ff(x, f"layers.{i}.1")
-        p = f"layers.{i}.2.0.0"
-        normed = ln(x, f"{p}.norm")
-        x = x + attention(normed, normed, p, SMALL_LENS["latent_heads"], SMALL_LENS["latent_dim_head"])
-        x = x + ff(x, f"layers.{i}.2.0.1")
-    return x
-
-
 def reference_clip_head(latents: torch.Tensor, visual: torch.nn.Module) -> torch.Tensor:
     """open_clip's own visual modules: class token, positions, ln_pre, blocks, ln_post(cls), proj."""
     cls = visual.class_embedding.expand(latents.shape[0], 1, -1)
@@ -231,7 +156,7 @@ def test_convert_cli_writes_a_lens_export_whose_forward_matches_the_raw_tensors(
         got = model.encode(points)
         tokens = reference_tokens(points, tok)
         torch.testing.assert_close(model.tokenizer(points), tokens, rtol=1e-4, atol=1e-4)
-        latents = reference_perceiver(tokens, lens)
+        latents = reference_perceiver(lens, tokens, SMALL_LENS)
         torch.testing.assert_close(model.lens(tokens), latents, rtol=1e-4, atol=1e-4)
         expected = reference_clip_head(latents, tiny_backbone.model.visual)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
