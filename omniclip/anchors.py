@@ -153,7 +153,7 @@ def precompute(cfg: Any) -> dict[str, int]:
     from omniclip.data import SafeDataset, collate_skipping
     from omniclip.distributed import init_distributed
     from omniclip.modality import get_modality
-    from omniclip.train import build_backbone, build_dataset
+    from omniclip.recipe import build_backbone, build_dataset
     from omniclip.zeroshot import task_classifier
 
     env = init_distributed(cfg.get("device"))

@@ -20,7 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from omniclip.distributed import all_gather, all_gather_object, all_gather_with_grad, is_distributed
+from omniclip.distributed import (
+    all_gather,
+    all_gather_object,
+    all_gather_with_grad,
+    is_distributed,
+)
 from omniclip.errors import ConfigError
 
 

@@ -32,7 +32,13 @@ from omniclip.data import ResumableSampler, SkipCounter, build_loader
 from omniclip.distributed import DistEnv, all_gather_object, all_reduce_mean, barrier
 from omniclip.errors import ConfigError
 from omniclip.optim import build_optimizer, cosine_schedule
-from omniclip.state import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
+from omniclip.state import (
+    capture_rng_state,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 

@@ -32,6 +32,7 @@ from omniclip.evaluation import (
 )
 from omniclip.metrics import retrieval_metrics
 from omniclip.modality import Modality, get_modality
+from omniclip.recipe import build_dataset
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,6 @@ def evaluate_task(
     key: str = "eval",
 ) -> dict[str, Any]:
     """Run one task entry ({type, dataset, templates}) and return its metrics (percent)."""
-    from omniclip.train import build_dataset
-
     kind = task.get("type", "classification")
     if kind not in TASK_TYPES:
         raise ConfigError(f"{key}.type", f"`{kind}` is not one of {TASK_TYPES}")
