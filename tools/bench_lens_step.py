@@ -112,21 +112,27 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="rounds over all settings, interleaved; the best round of each is kept "
+                             "(robust to other load on a shared machine)")
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
         print(json.dumps(run_setting(args.device, args.batch_size, args.steps, **json.loads(args._child))))
         return
-    results = {}
-    for name, setting in SETTINGS.items():
-        if setting["bf16"] and not args.device.startswith("cuda"):
-            continue
-        out = subprocess.run(
-            [sys.executable, __file__, "--device", args.device, "--batch-size", str(args.batch_size),
-             "--steps", str(args.steps), "--_child", json.dumps(setting)],
-            capture_output=True, text=True, check=True,
-        )
-        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    settings = {n: st for n, st in SETTINGS.items() if not st["bf16"] or args.device.startswith("cuda")}
+    results: dict[str, dict] = {}
+    for _ in range(args.repeats):
+        for name, setting in settings.items():
+            out = subprocess.run(
+                [sys.executable, __file__, "--device", args.device, "--batch-size", str(args.batch_size),
+                 "--steps", str(args.steps), "--_child", json.dumps(setting)],
+                capture_output=True, text=True, check=True,
+            )
+            run = json.loads(out.stdout.strip().splitlines()[-1])
+            best = results.get(name)
+            if best is None or run["samples_per_s"] > best["samples_per_s"]:
+                results[name] = run
     base = results["baseline (cache on, no ckpt, fp32)"]
     memory = "peak GPU memory (MiB)" if args.device.startswith("cuda") else "peak RSS (MiB)"
     print(f"lens training step, ViT-B/16 trunk, 256 latents, batch {args.batch_size}, device {args.device}")
