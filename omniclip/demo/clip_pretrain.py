@@ -36,7 +36,7 @@ INFO_FILE = "clip.json"
 @dataclass(frozen=True)
 class ClipPretrainConfig:
     model: str = "omniclip-demo-vit"
-    steps: int = 700
+    steps: int = 400
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 0.1
@@ -83,8 +83,7 @@ def pretrain_clip(world: WorldConfig, cfg: ClipPretrainConfig, out_dir: str | Pa
         report(f"tiny CLIP: reusing {weights}")
         return load_backbone(cfg.model, str(weights)), json.loads(info_path.read_text())
 
-    torch.manual_seed(cfg.seed)
-    backbone = load_backbone(cfg.model, None, freeze=False)
+    backbone = load_backbone(cfg.model, None, freeze=False, init_seed=cfg.seed)
     model = backbone.model.train()
     # Random token vectors are already distinct; keeping the 49408-row table fixed spares a dense
     # 6M-parameter gradient and AdamW update every step (about a third of a step on 2 cores).

@@ -16,8 +16,8 @@ from omniclip.demo.dataset import ShapeDataset, ShapeSet
 from omniclip.evaluation import collect_embeddings
 from omniclip.losses import LogitScale
 from omniclip.metrics import confusion_matrix
-from omniclip.model import LensModel
 from omniclip.modality import default_collate
+from omniclip.model import LensModel
 from omniclip.objective import ContrastiveObjective
 from omniclip.trainer import Trainer, TrainerConfig
 

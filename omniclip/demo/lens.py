@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from omniclip.modalities.pointcloud.tokenizers import PointBertTokenizer
 from torch import nn
 
 from omniclip.backbone import ClipBackbone, load_backbone
 from omniclip.lens.perceiver import Perceiver
 from omniclip.model import LensModel
-from omniclip.modalities.pointcloud.tokenizers import PointBertTokenizer
 from omniclip.trunk import ViTTrunk
 
 VARIANTS = ("vit", "random_vit", "no_vit")
@@ -28,7 +28,7 @@ VARIANTS = ("vit", "random_vit", "no_vit")
 class LensConfig:
     """Sizes of the point tokenizer and the Perceiver."""
 
-    num_groups: int = 32
+    num_groups: int = 16
     group_size: int = 8
     encoder_dim: int = 128
     token_dim: int = 128
@@ -67,13 +67,12 @@ class PooledHead(nn.Module):
 
 
 def random_backbone(like: ClipBackbone, seed: int) -> ClipBackbone:
-    """A frozen CLIP of ``like``'s architecture with random weights (seeded)."""
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        return load_backbone(like.name, None)
-    finally:
-        torch.random.set_rng_state(state)
+    """A frozen CLIP of ``like``'s architecture with random weights drawn from ``seed``.
+
+    With the run's seed this is the very network the demo's CLIP pretraining starts from, so the
+    control isolates what pretraining put into the ViT.
+    """
+    return load_backbone(like.name, None, init_seed=seed)
 
 
 def build_lens(variant: str, backbone: ClipBackbone, cfg: LensConfig, seed: int) -> LensModel:
@@ -81,7 +80,7 @@ def build_lens(variant: str, backbone: ClipBackbone, cfg: LensConfig, seed: int)
     so that all variants of one run start from the same tokenizer and Perceiver."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown lens variant `{variant}` (one of: {', '.join(VARIANTS)})")
-    source = random_backbone(backbone, seed + 1) if variant == "random_vit" else backbone
+    source = random_backbone(backbone, seed) if variant == "random_vit" else backbone
     trunk = ViTTrunk(source.visual)
     num_latents = trunk.num_positions - 1
     torch.manual_seed(seed)

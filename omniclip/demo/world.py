@@ -308,8 +308,9 @@ def _elongation_word(name: str, e: float, lying: bool) -> str | None:
     return None
 
 
-def _caption(name: str, size: float, e: float, lying: bool, draws: list[float], scale_range: tuple[float, float]) -> str:
-    """One caption from seven uniform draws (synonym, template, which attributes to say)."""
+def _caption(name: str, size: float, e: float, lying: bool, draws: list[float],
+             scale_range: tuple[float, float]) -> str:
+    """One caption from six uniform draws (synonym twice, two attributes, lying, template)."""
     synonyms = SYNONYMS[name]
     noun = synonyms[0] if draws[0] < 0.5 else synonyms[1 + int(draws[1] * (len(synonyms) - 1))]
     low, high = scale_range

@@ -60,3 +60,13 @@ def test_clip_weights_are_cached_and_reused(quick_run):
     assert info == results["clip"]
     saved = load_file(str(weights))
     assert all(torch.equal(value, saved[key]) for key, value in backbone.model.state_dict().items())
+
+
+def test_omniclip_demo_dispatches_audio(tmp_path):
+    import json
+
+    from omniclip.demo.run import main as demo_main
+
+    assert demo_main(["--modality", "audio", "--quick", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["chance"]["all"] == 0.1
