@@ -1,9 +1,11 @@
-"""Fixed sets of world shapes as datasets of the framework's sample dicts."""
+"""Labelled samples paired with an image and a caption, drawn once, as datasets of the framework's
+sample dicts; shared by the 3D demo (clouds + renderings) and the audio demo (clips + spectrograms)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -12,51 +14,73 @@ from torch.utils.data import Dataset
 from omniclip.demo.render import render
 from omniclip.demo.world import WorldConfig, balanced_labels, generate
 
+#: ``draw(labels, generator) -> (inputs, images, captions)``: one fresh sample of each label, its
+#: image for the CLIP image tower and its caption.
+Draw = Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor, list[str]]]
+
 
 @dataclass
-class ShapeSet:
-    """Clouds, their renderings and captions, drawn once (``name`` keys the image anchors)."""
+class PairedSet:
+    """Inputs, their images and captions, drawn once (``name`` keys the image anchors)."""
 
     name: str
-    points: Tensor  # [N, P, 3]
+    inputs: Tensor  # [N, ...] what the lens reads: points [N, P, 3] or waveforms [N, T]
     images: Tensor  # [N, 3, S, S]
     captions: list[str]
-    labels: Tensor  # [N] indices into WorldConfig.classes
+    labels: Tensor  # [N] class indices
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
 
-def make_shape_set(world: WorldConfig, classes: Sequence[int], per_class: int, seed: int, name: str,
-                   image_size: int = 32, chunk: int = 256) -> ShapeSet:
-    """``per_class`` shapes of each class in ``classes`` (class-major), drawn from ``seed``."""
+def make_paired_set(draw: Draw, classes: Sequence[int], per_class: int, seed: int, name: str,
+                    chunk: int | None = 256) -> PairedSet:
+    """``per_class`` samples of each class in ``classes`` (class-major), drawn from ``seed``,
+    ``chunk`` at a time to bound memory (None: in one draw; the draws depend on the chunking)."""
     generator = torch.Generator().manual_seed(seed)
     labels = balanced_labels(classes, per_class)
-    points, images, captions = [], [], []
-    for start in range(0, len(labels), chunk):  # bounded memory for the dense render samples
-        shapes = generate(world, labels[start : start + chunk], generator)
-        points.append(shapes.points)
-        images.append(render(shapes.surface, image_size))
-        captions += shapes.captions
-    return ShapeSet(name, torch.cat(points), torch.cat(images), captions, labels)
+    step = chunk or max(len(labels), 1)
+    inputs, images, captions = [], [], []
+    for start in range(0, len(labels), step):
+        batch_inputs, batch_images, batch_captions = draw(labels[start : start + step], generator)
+        inputs.append(batch_inputs)
+        images.append(batch_images)
+        captions += batch_captions
+    return PairedSet(name, torch.cat(inputs), torch.cat(images), captions, labels)
 
 
-class ShapeDataset(Dataset):
-    """Sample dicts (``inputs``, ``label``, ``text``, ``image``, ``image_key``, ``path``) of a `ShapeSet`."""
+class PairedDataset(Dataset):
+    """Sample dicts (``inputs``, ``label``, ``text``, ``image``, ``image_key``, ``path``) of a `PairedSet`."""
 
-    def __init__(self, shapes: ShapeSet) -> None:
-        self.shapes = shapes
+    def __init__(self, samples: PairedSet) -> None:
+        self.samples = samples
 
     def __len__(self) -> int:
-        return len(self.shapes)
+        return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        key = f"{self.shapes.name}/{index}"
+        key = f"{self.samples.name}/{index}"
         return {
-            "inputs": self.shapes.points[index],
-            "label": int(self.shapes.labels[index]),
-            "text": self.shapes.captions[index],
-            "image": self.shapes.images[index],
+            "inputs": self.samples.inputs[index],
+            "label": int(self.samples.labels[index]),
+            "text": self.samples.captions[index],
+            "image": self.samples.images[index],
             "image_key": key,
             "path": key,
         }
+
+
+def shape_draw(world: WorldConfig, image_size: int = 32) -> Draw:
+    """Clouds of ``world`` with their depth renderings at ``image_size`` px."""
+
+    def draw(labels: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, list[str]]:
+        shapes = generate(world, labels, generator)
+        return shapes.points, render(shapes.surface, image_size), shapes.captions
+
+    return draw
+
+
+def make_shape_set(world: WorldConfig, classes: Sequence[int], per_class: int, seed: int, name: str,
+                   image_size: int = 32, chunk: int = 256) -> PairedSet:
+    """``per_class`` shapes of each class in ``classes`` (class-major), drawn from ``seed``."""
+    return make_paired_set(shape_draw(world, image_size), classes, per_class, seed, name, chunk)

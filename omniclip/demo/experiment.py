@@ -1,19 +1,22 @@
-"""Train a lens on the seen classes with the framework's trainer, then score zero-shot on all classes."""
+"""Train a lens on the seen classes with the framework's trainer, score zero-shot on all classes, and
+report the scores (summary, markdown table, confusion plot); shared by the 3D and the audio demo."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from omniclip.anchors import AnchorStore
 from omniclip.backbone import ClipBackbone
-from omniclip.demo.dataset import ShapeDataset, ShapeSet
-from omniclip.evaluation import collect_embeddings
+from omniclip.demo.dataset import PairedDataset, PairedSet
+from omniclip.evaluation import build_classifier, collect_embeddings
 from omniclip.losses import LogitScale
 from omniclip.metrics import confusion_matrix
 from omniclip.modality import default_collate
@@ -29,13 +32,14 @@ class LensTrainConfig:
     lr: float = 1e-3
     warmup_steps: int = 30
     weight_decay: float = 0.05
-    text_weight: float = 1.0  # captions of the training shapes
-    image_weight: float = 1.0  # the frozen CLIP embedding of each cloud's own rendering
+    text_weight: float = 1.0  # captions of the training samples
+    image_weight: float = 1.0  # the frozen CLIP embedding of each sample's own image
 
 
-def train_lens(model: LensModel, backbone: ClipBackbone, train: ShapeSet, cfg: LensTrainConfig,
+def train_lens(model: LensModel, backbone: ClipBackbone, train: Dataset, cfg: LensTrainConfig,
                out_dir: str | Path, seed: int) -> dict[str, Any]:
-    """Fit ``model`` with `Trainer` + `ContrastiveObjective` (temperature = the CLIP's own)."""
+    """Fit ``model`` on ``train`` (sample dicts with ``text`` and ``image`` anchors, e.g. a
+    `PairedDataset`) with `Trainer` + `ContrastiveObjective` (temperature = the CLIP's own)."""
     objective = ContrastiveObjective(
         AnchorStore(backbone), LogitScale(backbone.logit_scale), text_weight=cfg.text_weight,
         image_weight=cfg.image_weight,
@@ -45,26 +49,60 @@ def train_lens(model: LensModel, backbone: ClipBackbone, train: ShapeSet, cfg: L
         weight_decay=cfg.weight_decay, num_workers=0, seed=seed, checkpoint_every=cfg.steps, keep_last=1,
         log_every=max(cfg.steps // 10, 1), resume="never", tensorboard=False, progress_bar=False,
     )
-    trainer = Trainer(trainer_cfg, model, objective, ShapeDataset(train), default_collate, out_dir)
+    trainer = Trainer(trainer_cfg, model, objective, train, default_collate, out_dir)
     start = time.perf_counter()
     result = trainer.fit()
     tail = result.losses[-max(len(result.losses) // 10, 1) :]
     return {"seconds": round(time.perf_counter() - start, 1), "final_loss": sum(tail) / len(tail)}
 
 
-def embed_clouds(model: LensModel, shapes: ShapeSet, batch_size: int = 128) -> Tensor:
-    """Normalised lens embeddings [N, E] of every cloud, with a fixed first FPS centre."""
+def embed(model: LensModel, samples: PairedSet, batch_size: int = 128) -> Tensor:
+    """Normalised lens embeddings [N, E] of every sample (eval mode: no augmentation)."""
     batches = [
-        {"inputs": shapes.points[i : i + batch_size], "labels": shapes.labels[i : i + batch_size]}
-        for i in range(0, len(shapes), batch_size)
+        {"inputs": samples.inputs[i : i + batch_size], "labels": samples.labels[i : i + batch_size]}
+        for i in range(0, len(samples), batch_size)
     ]
+    embeddings, _ = collect_embeddings(model, batches, "cpu")
+    return embeddings
+
+
+def embed_clouds(model: LensModel, shapes: PairedSet, batch_size: int = 128) -> Tensor:
+    """`embed` of point clouds with a fixed first FPS centre (the tokenizer's is random otherwise)."""
     tokenizer = model.tokenizer
     previous, tokenizer.fps_start = tokenizer.fps_start, 0
     try:
-        embeddings, _ = collect_embeddings(model, batches, "cpu")
+        return embed(model, shapes, batch_size)
     finally:
         tokenizer.fps_start = previous
-    return embeddings
+
+
+def run_split(backbone: ClipBackbone, classes: Sequence[str], prompts: Sequence[str], held_out: Sequence[int],
+              split_name: str, train: PairedSet, test: PairedSet, variants: Sequence[str],
+              build: Callable[[str], LensModel], embed_fn: Callable[[LensModel, PairedSet], Tensor],
+              cfg: LensTrainConfig, out_dir: Path, seed: int, report: Callable[[str], None]) -> dict[str, Any]:
+    """Train ``build(variant)`` for every variant on ``train`` (the seen classes of one split) and score
+    it, and the image tower on the test samples' own images, zero-shot on ``test`` (all classes)."""
+    classifier = build_classifier(backbone.encode_text, classes, prompts)
+    mask = held_out_mask(len(classes), held_out)
+    with torch.no_grad():
+        image_tower = backbone.encode_image(test.images)
+    record: dict[str, Any] = {
+        "held_out": [classes[c] for c in held_out],
+        # What a perfect lens would reach: the image tower on the test samples' own images.
+        "image_tower": evaluate(image_tower, test.labels, classifier, mask),
+        "variants": {},
+    }
+    for variant in variants:
+        model = build(variant)
+        training = train_lens(model, backbone, PairedDataset(train), cfg, out_dir / f"lens-{split_name}-{variant}",
+                              seed)
+        result = evaluate(embed_fn(model, test), test.labels, classifier, mask)
+        result["train"] = training
+        record["variants"][variant] = result
+        report(f"  held out {split_name:>32}  {variant:>10}: held-out {result['raw']['held_out']:.3f} raw, "
+               f"{result['calibrated']['held_out']:.3f} calibrated; seen {result['raw']['seen']:.3f}  "
+               f"({training['seconds']:.0f} s)")
+    return record
 
 
 def prior_matching_bias(logits: Tensor, held_out: Tensor) -> float:
@@ -123,3 +161,88 @@ def held_out_mask(num_classes: int, held_out: Sequence[int]) -> Tensor:
     mask = torch.zeros(num_classes, dtype=torch.bool)
     mask[list(held_out)] = True
     return mask
+
+
+METRICS = ("all", "seen", "held_out", "held_out_among_held_out")
+VARIANT_LABELS = {
+    "vit": "lens -> frozen pretrained ViT",
+    "random_vit": "control: lens -> frozen random ViT",
+    "no_vit": "control: lens pooled, no ViT",
+}
+
+
+def summarise(splits: list[dict[str, Any]], variants: Sequence[str]) -> dict[str, Any]:
+    """Mean over splits of every metric, per variant (and for the image tower), raw and calibrated."""
+    rows = {v: [s["variants"][v] for s in splits] for v in variants}
+    rows["image_tower"] = [s["image_tower"] for s in splits]
+    return {
+        name: {
+            mode: {m: sum(r[mode][m] for r in records) / len(records) for m in METRICS}
+            for mode in ("raw", "calibrated")
+        }
+        for name, records in rows.items()
+    }
+
+
+def results_record(classes: Sequence[str], splits: list[dict[str, Any]], variants: Sequence[str],
+                   clip_info: dict[str, Any], seconds: dict[str, float], config: dict[str, Any]) -> dict[str, Any]:
+    """What a demo writes to ``results.json``: chance, the CLIP's record, every split and their mean."""
+    num_classes = len(classes)
+    return {
+        "classes": list(classes),
+        "chance": {"all": 1 / num_classes, "seen": 1 / num_classes, "held_out": 1 / num_classes,
+                   "held_out_among_held_out": 1 / len(splits[0]["held_out"])},
+        "clip": clip_info,
+        "variants": list(variants),
+        "splits": splits,
+        "summary": summarise(splits, variants),
+        "seconds": seconds,
+        "config": config,
+    }
+
+
+def markdown_table(results: dict[str, Any], images: str) -> str:
+    """Mean accuracies over the splits, calibrated (see `prior_matching_bias`) and raw, chance in the
+    first row; ``images`` names what the image tower reads (``renderings``, ``spectrograms``)."""
+    chance, summary = results["chance"], results["summary"]
+    labels = {**VARIANT_LABELS, "image_tower": f"reference: CLIP image tower on {images}"}
+    lines = [
+        (f"| model (mean of {len(results['splits'])} held-out split(s)) | all classes | seen | held-out "
+         "| held-out (raw) | seen (raw) | held-out among held-out |"),
+        "|---|---|---|---|---|---|---|",
+        (f"| chance | {chance['all']:.2f} | {chance['seen']:.2f} | {chance['held_out']:.2f} "
+         f"| {chance['held_out']:.2f} | {chance['seen']:.2f} | {chance['held_out_among_held_out']:.2f} |"),
+    ]
+    for name in [*results["variants"], "image_tower"]:
+        cal, raw = summary[name]["calibrated"], summary[name]["raw"]
+        lines.append(f"| {labels[name]} | {cal['all']:.2f} | {cal['seen']:.2f} | {cal['held_out']:.2f} "
+                     f"| {raw['held_out']:.2f} | {raw['seen']:.2f} | {cal['held_out_among_held_out']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot_confusion(split: dict[str, Any], classes: Sequence[str], variants: Sequence[str], path: Path,
+                   task: str) -> None:
+    """One calibrated confusion matrix (row-normalised) per variant, held-out classes starred;
+    ``task`` titles the figure (``3D``, ``sound``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [f"{c}*" if c in split["held_out"] else c for c in classes]
+    fig, axes = plt.subplots(1, len(variants), figsize=(4.6 * len(variants), 4.6), squeeze=False)
+    for ax, variant in zip(axes[0], variants):
+        result = split["variants"][variant]["calibrated"]
+        counts = torch.tensor(result["confusion"], dtype=torch.float32)
+        rates = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+        ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{variant} (calibrated): held-out {result['held_out']:.2f}, seen {result['seen']:.2f}",
+                     fontsize=9)
+    fig.suptitle(f"zero-shot {task} classification (* = held out of lens training)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,7 +1,8 @@
-"""The demo's 3D lens and its two controls, all built from the framework's parts.
+"""The demos' lenses and their two controls, all built from the framework's parts.
 
-* ``vit``: Point-BERT tokenizer -> Perceiver (latents = the tiny ViT's patch positions) ->
-  the pretrained tiny CLIP ViT, frozen (`ViTTrunk`). This is ViT-Lens.
+* ``vit``: the modality's tokenizer (Point-BERT for clouds, fbank patches for sound) -> Perceiver
+  (latents = the tiny ViT's patch positions) -> the pretrained tiny CLIP ViT, frozen (`ViTTrunk`).
+  This is ViT-Lens.
 * ``random_vit``: the same, into a randomly initialised frozen ViT of the same architecture:
   what the lens alone achieves through a frozen transformer that knows nothing.
 * ``no_vit``: the same tokenizer and Perceiver, its latents mean-pooled and projected straight to
@@ -10,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,17 +27,23 @@ VARIANTS = ("vit", "random_vit", "no_vit")
 
 
 @dataclass(frozen=True)
-class LensConfig:
-    """Sizes of the point tokenizer and the Perceiver."""
+class PerceiverConfig:
+    """Sizes of the Perceiver (and of the tokens the modality's tokenizer feeds it)."""
 
-    num_groups: int = 16
-    group_size: int = 8
-    encoder_dim: int = 128
     token_dim: int = 128
     depth: int = 1
     self_per_cross_attn: int = 1
     cross_dim_head: int = 64
     latent_dim_head: int = 32
+
+
+@dataclass(frozen=True)
+class LensConfig(PerceiverConfig):
+    """Sizes of the point tokenizer and the Perceiver."""
+
+    num_groups: int = 16
+    group_size: int = 8
+    encoder_dim: int = 128
 
 
 class PooledHead(nn.Module):
@@ -69,26 +77,38 @@ class PooledHead(nn.Module):
 def random_backbone(like: ClipBackbone, seed: int) -> ClipBackbone:
     """A frozen CLIP of ``like``'s architecture with random weights drawn from ``seed``.
 
-    With the run's seed this is the very network the demo's CLIP pretraining starts from, so the
-    control isolates what pretraining put into the ViT.
+    Both demos pass the run's seed, which is their CLIP pretraining's ``init_seed``: this is then the
+    very network the pretraining started from, so the control isolates what pretraining put into
+    the ViT.
     """
     return load_backbone(like.name, None, init_seed=seed)
 
 
-def build_lens(variant: str, backbone: ClipBackbone, cfg: LensConfig, seed: int) -> LensModel:
-    """The lens model for ``variant`` (one of `VARIANTS`); the lens weights are drawn from ``seed``
-    so that all variants of one run start from the same tokenizer and Perceiver."""
+def assemble_lens(variant: str, backbone: ClipBackbone, cfg: PerceiverConfig, seed: int,
+                  tokenizer: Callable[[ViTTrunk], nn.Module]) -> LensModel:
+    """``tokenizer(trunk)`` -> Perceiver (latents = the trunk's patch positions) -> the trunk of
+    ``variant`` (one of `VARIANTS`). The tokenizer and Perceiver weights are drawn from ``seed`` (in
+    that order), so that all variants of one run start from the same lens."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown lens variant `{variant}` (one of: {', '.join(VARIANTS)})")
     source = random_backbone(backbone, seed) if variant == "random_vit" else backbone
     trunk = ViTTrunk(source.visual)
     num_latents = trunk.num_positions - 1
     torch.manual_seed(seed)
-    tokenizer = PointBertTokenizer(cfg.num_groups, cfg.group_size, cfg.encoder_dim, cfg.token_dim, fps_start=None)
+    tokens = tokenizer(trunk)
     lens = Perceiver(
         input_dim=cfg.token_dim, latent_dim=trunk.width, num_latents=num_latents, depth=cfg.depth,
         cross_dim_head=cfg.cross_dim_head, latent_heads=trunk.width // cfg.latent_dim_head,
         latent_dim_head=cfg.latent_dim_head, self_per_cross_attn=cfg.self_per_cross_attn,
     )
     head = PooledHead(trunk.width, trunk.embed_dim, num_latents) if variant == "no_vit" else trunk
-    return LensModel(tokenizer, lens, head)
+    return LensModel(tokens, lens, head)
+
+
+def build_lens(variant: str, backbone: ClipBackbone, cfg: LensConfig, seed: int) -> LensModel:
+    """The 3D lens model for ``variant`` (see `assemble_lens`)."""
+    return assemble_lens(
+        variant, backbone, cfg, seed,
+        lambda trunk: PointBertTokenizer(cfg.num_groups, cfg.group_size, cfg.encoder_dim, cfg.token_dim,
+                                         fps_start=None),
+    )

@@ -26,17 +26,18 @@ import torch
 
 from omniclip.backbone import ClipBackbone
 from omniclip.demo.clip_pretrain import ClipPretrainConfig, pretrain_clip
-from omniclip.demo.dataset import make_shape_set
+from omniclip.demo import experiment
+from omniclip.demo.dataset import make_shape_set, shape_draw
 from omniclip.demo.experiment import (
     LensTrainConfig,
     embed_clouds,
-    evaluate,
-    held_out_mask,
-    train_lens,
+    markdown_table,
+    plot_confusion,
+    results_record,
 )
 from omniclip.demo.lens import VARIANTS, LensConfig, build_lens
 from omniclip.demo.world import PROMPT_TEMPLATES, WorldConfig
-from omniclip.evaluation import EvalResult, build_classifier, format_results_table
+from omniclip.evaluation import EvalResult, format_results_table
 
 #: Held-out class triples of the study (indices into the world's classes); the first is the default
 #: run's. Together they hold out nine of the ten classes once each.
@@ -84,73 +85,14 @@ def run_split(cfg: DemoConfig, backbone: ClipBackbone, held_out: Sequence[int], 
     classes = cfg.world.classes
     seen = [c for c in range(len(classes)) if c not in held_out]
     split_name = "-".join(classes[c] for c in held_out)
-    train = make_shape_set(cfg.world, seen, cfg.train_per_class, cfg.seed * 1000 + 11, f"train-{split_name}",
-                           cfg.clip.image_size)
-    test = make_shape_set(cfg.world, range(len(classes)), cfg.test_per_class, cfg.seed * 1000 + 12, "test",
-                          cfg.clip.image_size)
-    classifier = build_classifier(backbone.encode_text, classes, PROMPT_TEMPLATES)
-    mask = held_out_mask(len(classes), held_out)
-    record: dict[str, Any] = {
-        "held_out": [classes[c] for c in held_out],
-        # What a perfect lens would reach: the image tower on the test clouds' own renderings.
-        "image_tower": evaluate(backbone.encode_image(test.images), test.labels, classifier, mask),
-        "variants": {},
-    }
-    for variant in cfg.variants:
-        model = build_lens(variant, backbone, cfg.lens, cfg.seed)
-        training = train_lens(model, backbone, train, cfg.train, out_dir / f"lens-{split_name}-{variant}", cfg.seed)
-        result = evaluate(embed_clouds(model, test), test.labels, classifier, mask)
-        result["train"] = training
-        record["variants"][variant] = result
-        report(f"  held out {split_name:>24}  {variant:>10}: held-out {result['raw']['held_out']:.3f} raw, "
-               f"{result['calibrated']['held_out']:.3f} calibrated; seen {result['raw']['seen']:.3f}  "
-               f"({training['seconds']:.0f} s)")
-    return record
-
-
-METRICS = ("all", "seen", "held_out", "held_out_among_held_out")
-
-
-def summarise(splits: list[dict[str, Any]], variants: Sequence[str]) -> dict[str, Any]:
-    """Mean over splits of every metric, per variant (and for the image tower), raw and calibrated."""
-    rows = {v: [s["variants"][v] for s in splits] for v in variants}
-    rows["image_tower"] = [s["image_tower"] for s in splits]
-    return {
-        name: {
-            mode: {m: sum(r[mode][m] for r in records) / len(records) for m in METRICS}
-            for mode in ("raw", "calibrated")
-        }
-        for name, records in rows.items()
-    }
-
-
-LABELS = {
-    "vit": "lens -> frozen pretrained ViT",
-    "random_vit": "control: lens -> frozen random ViT",
-    "no_vit": "control: lens pooled, no ViT",
-    "image_tower": "reference: CLIP image tower on renderings",
-}
-
-
-def markdown_table(results: dict[str, Any]) -> str:
-    """README table: mean accuracies over the splits, chance in the first row.
-
-    Columns are calibrated (see `omniclip.demo.experiment.prior_matching_bias`) except the one marked
-    uncalibrated.
-    """
-    chance, summary = results["chance"], results["summary"]
-    lines = [
-        f"| model (mean of {len(results['splits'])} held-out split(s)) | all classes | seen | held-out "
-        "| held-out, uncalibrated | held-out among held-out (3-way) |",
-        "|---|---|---|---|---|---|",
-        f"| chance | {chance['all']:.2f} | {chance['all']:.2f} | {chance['all']:.2f} | {chance['all']:.2f} "
-        f"| {chance['held_out_among_held_out']:.2f} |",
-    ]
-    for name in [*results["variants"], "image_tower"]:
-        cal, raw = summary[name]["calibrated"], summary[name]["raw"]
-        lines.append(f"| {LABELS[name]} | {cal['all']:.2f} | {cal['seen']:.2f} | {cal['held_out']:.2f} "
-                     f"| {raw['held_out']:.2f} | {cal['held_out_among_held_out']:.2f} |")
-    return "\n".join(lines)
+    size = cfg.clip.image_size
+    train = make_shape_set(cfg.world, seen, cfg.train_per_class, cfg.seed * 1000 + 11, f"train-{split_name}", size)
+    test = make_shape_set(cfg.world, range(len(classes)), cfg.test_per_class, cfg.seed * 1000 + 12, "test", size)
+    return experiment.run_split(
+        backbone, classes, PROMPT_TEMPLATES, held_out, split_name, train, test, cfg.variants,
+        lambda variant: build_lens(variant, backbone, cfg.lens, cfg.seed), embed_clouds, cfg.train, out_dir,
+        cfg.seed, report,
+    )
 
 
 def results_table(results: dict[str, Any]) -> str:
@@ -168,30 +110,11 @@ def results_table(results: dict[str, Any]) -> str:
     return format_results_table(rows)
 
 
-def plot_confusion(split: dict[str, Any], classes: Sequence[str], variants: Sequence[str], path: Path) -> None:
-    """One calibrated confusion matrix per variant; held-out classes starred."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [f"{c}*" if c in split["held_out"] else c for c in classes]
-    fig, axes = plt.subplots(1, len(variants), figsize=(4.6 * len(variants), 4.4), squeeze=False)
-    for ax, variant in zip(axes[0], variants):
-        result = split["variants"][variant]["calibrated"]
-        counts = torch.tensor(result["confusion"], dtype=torch.float32)
-        rates = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
-        ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
-        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-        ax.set_yticks(range(len(names)), names, fontsize=7)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        title = f"{variant} (calibrated): held-out {result['held_out']:.2f}, seen {result['seen']:.2f}"
-        ax.set_title(title, fontsize=9)
-    fig.suptitle("zero-shot 3D classification (* = held out of lens training)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def pretrain_world_clip(world: WorldConfig, cfg: ClipPretrainConfig, out_dir: str | Path,
+                        report: Callable[[str], None] = print) -> tuple[ClipBackbone, dict]:
+    """`pretrain_clip` on depth renderings + captions of every class of ``world`` (cached as ``clip-<hash>``)."""
+    return pretrain_clip("clip", world.classes, PROMPT_TEMPLATES, shape_draw(world, cfg.image_size),
+                         {"world": asdict(world)}, cfg, out_dir, report)
 
 
 def run(cfg: DemoConfig, out_dir: str | Path, report: Callable[[str], None] = print) -> dict[str, Any]:
@@ -199,27 +122,16 @@ def run(cfg: DemoConfig, out_dir: str | Path, report: Callable[[str], None] = pr
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start, cpu_start = time.perf_counter(), time.process_time()
-    backbone, clip_info = pretrain_clip(cfg.world, cfg.clip, out_dir, report)
+    backbone, clip_info = pretrain_world_clip(cfg.world, cfg.clip, out_dir, report)
     clip_seconds = time.perf_counter() - start
     splits = []
     for held_out in cfg.splits:
         splits.append(run_split(cfg, backbone, held_out, out_dir, report))
-    num_classes = len(cfg.world.classes)
-    results = {
-        "classes": list(cfg.world.classes),
-        "chance": {"all": 1 / num_classes, "seen": 1 / num_classes, "held_out": 1 / num_classes,
-                   "held_out_among_held_out": 1 / len(cfg.splits[0])},
-        "clip": clip_info,
-        "variants": list(cfg.variants),
-        "splits": splits,
-        "summary": summarise(splits, cfg.variants),
-        # Wall clock, and CPU time of all threads (a busy machine inflates the first, not the second).
-        "seconds": {"clip": round(clip_seconds, 1), "total": round(time.perf_counter() - start, 1),
-                    "cpu": round(time.process_time() - cpu_start, 1)},
-        "config": asdict(cfg),
-    }
+    results = results_record(cfg.world.classes, splits, cfg.variants, clip_info, {
+        "clip": round(clip_seconds, 1), "total": round(time.perf_counter() - start, 1),
+        "cpu": round(time.process_time() - cpu_start, 1)}, asdict(cfg))
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    plot_confusion(splits[0], cfg.world.classes, cfg.variants, out_dir / "confusion.png")
+    plot_confusion(splits[0], cfg.world.classes, cfg.variants, out_dir / "confusion.png", "3D")
     return results
 
 
@@ -254,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{100 * chance['held_out_among_held_out']:.0f}% among the held-out classes (3-way)\n")
     print(results_table(results))
     print()
-    print(markdown_table(results))
+    print(markdown_table(results, "renderings"))
     print(f"\nwrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'confusion.png'} "
           f"in {results['seconds']['total']:.0f} s")
     return 0

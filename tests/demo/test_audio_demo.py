@@ -7,7 +7,6 @@ import torch
 from omniclip.demo.audio_demo import (
     SPLITS,
     VARIANTS,
-    SoundDataset,
     _held_out,
     build_audio_lens,
     main,
@@ -15,6 +14,7 @@ from omniclip.demo.audio_demo import (
     preset,
     pretrain_sound_clip,
 )
+from omniclip.demo.dataset import PairedDataset
 from omniclip.demo.lens import PooledHead
 from omniclip.demo.sounds import CLASS_NAMES, log_mel, spectrogram_image
 from omniclip.trunk import ViTTrunk
@@ -82,7 +82,7 @@ def test_dataset_samples_pair_each_clip_with_its_own_spectrogram():
     cfg = preset("quick")
     clips = make_sound_set(cfg.sounds, [1, 4], 2, seed=5, name="t", image_size=32)
     assert clips.labels.tolist() == [1, 1, 4, 4]
-    sample = SoundDataset(clips)[3]
+    sample = PairedDataset(clips)[3]
     assert set(sample) == {"inputs", "label", "text", "image", "image_key", "path"}
     assert sample["label"] == 4 and sample["image_key"] == "t/3" and sample["text"] == clips.captions[3]
     expected = spectrogram_image(log_mel(sample["inputs"][None], cfg.sounds), 32)[0]
@@ -93,7 +93,7 @@ def test_lens_variants_share_the_lens_and_differ_in_the_trunk(quick_run):
     out, _ = quick_run
     cfg = preset("quick")
     backbone, _ = pretrain_sound_clip(cfg.sounds, cfg.clip, out, lambda _: None)
-    waves = make_sound_set(cfg.sounds, [0, 9], 1, seed=1, name="x").waves
+    waves = make_sound_set(cfg.sounds, [0, 9], 1, seed=1, name="x").inputs
     models = {v: build_audio_lens(v, backbone, cfg.sounds, cfg.lens, seed=0) for v in VARIANTS}
     for variant, model in models.items():
         assert model.tokenizer.num_tokens == 8 * 12  # 64 mel x 96 frames in 8 x 8 patches

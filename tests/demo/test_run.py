@@ -4,8 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from omniclip.demo.clip_pretrain import pretrain_clip
-from omniclip.demo.run import main, preset
+from omniclip.demo.run import main, preset, pretrain_world_clip
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +54,7 @@ def test_clip_weights_are_cached_and_reused(quick_run):
     weights = out / results["clip"]["hash"] / "model.safetensors"
     cfg = preset("quick")
     messages = []
-    backbone, info = pretrain_clip(cfg.world, cfg.clip, out, messages.append)
+    backbone, info = pretrain_world_clip(cfg.world, cfg.clip, out, messages.append)
     assert messages == [f"tiny CLIP: reusing {weights}"]
     assert info == results["clip"]
     saved = load_file(str(weights))

@@ -82,8 +82,8 @@ def test_class_balance_and_determinism_by_seed():
     b = make_shape_set(world, [0, 3, 5], 4, seed=7, name="b", image_size=16)
     c = make_shape_set(world, [0, 3, 5], 4, seed=8, name="c", image_size=16)
     assert torch.bincount(a.labels, minlength=6).tolist() == [4, 0, 0, 4, 0, 4]
-    assert torch.equal(a.points, b.points) and torch.equal(a.images, b.images) and a.captions == b.captions
-    assert not torch.equal(a.points, c.points)
+    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.images, b.images) and a.captions == b.captions
+    assert not torch.equal(a.inputs, c.inputs)
 
 
 def test_unknown_class_and_bad_labels_are_rejected():
