@@ -19,6 +19,7 @@ Samples are dicts with singular keys (``inputs``, ``label``, ``text``, ``image``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -26,6 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from omniclip import registry
+from omniclip.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,9 @@ class Modality:
     templates: Mapping[str, Sequence[str]] = {}
     #: Metric names zero-shot evaluation reports for this modality.
     metrics: Sequence[str] = ("top1", "top5", "mean_per_class_recall")
+    #: Class-name files shipped in the modality package's ``classnames/`` folder, by dataset name
+    #: (one name per line, in label order). Datasets that carry their own names are not listed.
+    class_name_files: Mapping[str, str] = {}
 
     def build_tokenizer(self, cfg: Mapping[str, Any], trunk: TrunkSpec) -> nn.Module:
         """Module mapping ``batch['inputs']`` to tokens [B, N, d] (positions already added)."""
@@ -71,8 +76,16 @@ class Modality:
         return default_collate(samples)
 
     def class_names(self, dataset: str) -> list[str]:
-        """Class names of a labelled dataset, in label order."""
-        raise NotImplementedError(f"modality `{self.name}` knows no class names for `{dataset}`")
+        """Class names of a labelled dataset, in label order, from `class_name_files`."""
+        if dataset not in self.class_name_files:
+            shipped = ", ".join(self.class_name_files) or "none"
+            raise ConfigError(
+                "name", f"modality `{self.name}` ships no class names for `{dataset}` (shipped: {shipped}); "
+                        "datasets with their own class list expose `class_names`"
+            )
+        folder = resources.files(type(self).__module__).joinpath("classnames")
+        text = folder.joinpath(self.class_name_files[dataset]).read_text()
+        return [line.strip() for line in text.splitlines() if line.strip()]
 
     def template_set(self, name: str | None = None) -> list[str]:
         key = name or "default"

@@ -49,8 +49,6 @@ LENSES: dict[str, dict[str, Any]] = {
     "default": dict(_PERCEIVER),
     **{name: {**_PERCEIVER, **values} for name, values in audio_lens_defaults.items()},
 }
-#: Datasets whose class names ship with the package (VGGSound takes them from its CSV).
-CLASSNAME_FILES = {"esc50": "esc50.txt", "audioset": "audioset.txt"}
 
 
 class AudioTokenizer(AudioPatchTokenizer):
@@ -127,6 +125,7 @@ class AudioModality(Modality):
     name = "audio"
     default_lens = LENSES
     templates = {name: list(t) for name, t in TEMPLATES.items()}
+    class_name_files = {"esc50": "esc50.txt", "audioset": "audioset.txt"}
 
     def build_tokenizer(self, cfg: Mapping[str, Any], trunk: TrunkSpec) -> nn.Module:
         return build_tokenizer(cfg, trunk.width, trunk.patch_size)
@@ -139,12 +138,6 @@ class AudioModality(Modality):
     def collate(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         return collate_clips(samples)
 
-    def class_names(self, dataset: str) -> list[str]:
-        if dataset not in CLASSNAME_FILES:
-            raise ConfigError("name", f"no class-name file for `{dataset}` (shipped: {', '.join(CLASSNAME_FILES)}); "
-                                      "VGGSound takes its names from vggsound.csv")
-        text = resources.files(__name__).joinpath("classnames", CLASSNAME_FILES[dataset]).read_text()
-        return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 registry.register("modality", "audio", AudioModality)

@@ -24,8 +24,6 @@ from omniclip.modality import Modality, TrunkSpec, default_collate
 
 _TOKENIZER_CLASSES: dict[str, type[nn.Module]] = {"pointbert": PointBertTokenizer, "pnsa": PointNet2Tokenizer}
 _TOKENIZER_RUNTIME_KEYS = ("fps_start", "eval_fps_start")
-#: Datasets whose class names ship with the package (Objaverse-LVIS takes them from its annotation).
-CLASSNAME_FILES = {"modelnet40": "modelnet40.txt", "scanobjectnn": "scanobjectnn.txt"}
 
 
 def build_tokenizer(cfg: Mapping[str, Any]) -> nn.Module:
@@ -58,6 +56,7 @@ class PointCloudModality(Modality):
     name = "pointcloud"
     default_lens = LENSES
     templates = {name: list(t) for name, t in TEMPLATES.items()}
+    class_name_files = {"modelnet40": "modelnet40.txt", "scanobjectnn": "scanobjectnn.txt"}
 
     def build_tokenizer(self, cfg: Mapping[str, Any], trunk: TrunkSpec) -> nn.Module:
         return build_tokenizer(cfg)
@@ -75,15 +74,6 @@ class PointCloudModality(Modality):
         rest = default_collate([{k: v for k, v in s.items() if k != "inputs"} for s in samples])
         return {"inputs": pad_clouds(clouds), **rest}
 
-    def class_names(self, dataset: str) -> list[str]:
-        if dataset not in CLASSNAME_FILES:
-            raise ConfigError(
-                "name",
-                f"no class-name file for `{dataset}` (shipped: {', '.join(CLASSNAME_FILES)}); "
-                "Objaverse-LVIS takes its names from the annotation file",
-            )
-        text = resources.files(__name__).joinpath("classnames", CLASSNAME_FILES[dataset]).read_text()
-        return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 registry.register("modality", "pointcloud", PointCloudModality)

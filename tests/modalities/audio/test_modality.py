@@ -35,7 +35,7 @@ def test_registered_templates_and_class_names():
     audioset = audio.class_names("audioset")
     assert len(audioset) == 527 and audioset[0] == "speech" and audioset[1] == "male speech, man speaking"
     assert audioset[-1] == "field recording"
-    with pytest.raises(ConfigError, match=r"no class-name file for `vggsound`"):
+    with pytest.raises(ConfigError, match=r"ships no class names for `vggsound`"):
         audio.class_names("vggsound")
 
 

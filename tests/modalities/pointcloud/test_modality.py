@@ -36,7 +36,7 @@ def test_class_names():
     assert MODELNET_CLASSES[:3] == ["airplane", "bathtub", "bed"] and "night stand" in MODELNET_CLASSES
     scan = modality.class_names("scanobjectnn")
     assert len(scan) == 15 and scan[:4] == ["bag", "bin", "box", "cabinet"] and scan[-1] == "toilet"
-    with pytest.raises(ConfigError, match=r"no class-name file for `objaverse_lvis`"):
+    with pytest.raises(ConfigError, match=r"ships no class names for `objaverse_lvis`"):
         modality.class_names("objaverse_lvis")
 
 
