@@ -15,7 +15,6 @@ ViT-Lens forward. Mixup needs the captions, so the datasets do it (see `datasets
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Any, Callable, Mapping, Sequence
 
 import torch

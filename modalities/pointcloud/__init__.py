@@ -6,7 +6,6 @@ checkpoint converters ``pointcloud.vitlens-l`` and ``pointcloud.vitlens-bigg``.
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
