@@ -7,7 +7,9 @@ measured in the same run (never absolute targets):
   grad checkpoint   on vs off
   bf16 autocast     vs fp32     (CUDA only)
 
-Each setting runs in its own subprocess; on CPU, peak memory is the peak RSS during the
+On CPU, throughput is samples per CPU-second of the benchmark process (robust to other load
+on a shared machine); on CUDA, samples per wall-clock second. Each setting runs in its own
+subprocess; on CPU, peak memory is the peak RSS during the
 timed steps (Linux VmHWM, reset after warm-up), on CUDA the peak allocated GPU memory.
 
     python tools/bench_lens_step.py [--device cpu|cuda] [--batch-size 8] [--steps 3]
@@ -95,7 +97,7 @@ def run_setting(device: str, batch_size: int, steps: int, cache: bool, ckpt: boo
         torch.cuda.reset_peak_memory_stats()
     else:
         _reset_peak_rss()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
     if device.startswith("cuda"):
@@ -103,8 +105,11 @@ def run_setting(device: str, batch_size: int, steps: int, cache: bool, ckpt: boo
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = _peak_rss_mb()
-    elapsed = time.perf_counter() - start
-    return {"samples_per_s": batch_size * steps / elapsed, "peak_mb": peak_mb}
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    # On CPU, throughput per CPU-second of this process (all its threads): the work a step costs,
+    # robust to other load on a shared machine; on CUDA, wall-clock throughput.
+    per_s = elapsed if device.startswith("cuda") else cpu
+    return {"samples_per_s": batch_size * steps / per_s, "peak_mb": peak_mb}
 
 
 def main() -> None:
@@ -136,9 +141,10 @@ def main() -> None:
     base = results["baseline (cache on, no ckpt, fp32)"]
     memory = "peak GPU memory (MiB)" if args.device.startswith("cuda") else "peak RSS (MiB)"
     print(f"lens training step, ViT-B/16 trunk, 256 latents, batch {args.batch_size}, device {args.device}")
-    print(f"{'setting':38s} {'samples/s':>10s} {'x baseline':>10s} {memory:>22s} {'x baseline':>10s}")
+    rate = "samples/s" if args.device.startswith("cuda") else "samples/CPU-s"
+    print(f"{'setting':38s} {rate:>13s} {'x baseline':>10s} {memory:>22s} {'x baseline':>10s}")
     for name, r in results.items():
-        print(f"{name:38s} {r['samples_per_s']:10.2f} {r['samples_per_s'] / base['samples_per_s']:10.2f} "
+        print(f"{name:38s} {r['samples_per_s']:13.3f} {r['samples_per_s'] / base['samples_per_s']:10.2f} "
               f"{r['peak_mb']:22.0f} {r['peak_mb'] / base['peak_mb']:10.2f}")
 
 
