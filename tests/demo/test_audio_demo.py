@@ -18,6 +18,7 @@ from omniclip.demo.dataset import PairedDataset
 from omniclip.demo.lens import PooledHead
 from omniclip.demo.sounds import CLASS_NAMES, log_mel, spectrogram_image
 from omniclip.trunk import ViTTrunk
+from tests.demo.results import accuracies
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +27,6 @@ def quick_run(tmp_path_factory):
     assert main(["--quick", "--out", str(out), "--threads", "1", "--held-out", "falling chirp,hiss"]) == 0
     return out, json.loads((out / "results.json").read_text())
 
-
-def accuracies(record):
-    for mode in ("raw", "calibrated"):
-        for key in ("all", "seen", "held_out", "held_out_among_held_out"):
-            yield record[mode][key]
 
 
 def test_quick_run_writes_results_and_confusion_png(quick_run):

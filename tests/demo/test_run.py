@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from omniclip.demo.run import main, preset, pretrain_world_clip
+from tests.demo.results import accuracies
 
 
 @pytest.fixture(scope="module")
@@ -13,11 +14,6 @@ def quick_run(tmp_path_factory):
     assert main(["--quick", "--out", str(out), "--threads", "2"]) == 0
     return out, json.loads((out / "results.json").read_text())
 
-
-def accuracies(record):
-    for mode in ("raw", "calibrated"):
-        for key in ("all", "seen", "held_out", "held_out_among_held_out"):
-            yield record[mode][key]
 
 
 def test_quick_run_writes_results_and_confusion_png(quick_run):

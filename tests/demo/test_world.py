@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from omniclip.demo.dataset import make_shape_set
-from omniclip.demo.world import CLASS_NAMES, SYNONYMS, WorldConfig, balanced_labels, generate
+from omniclip.demo.world import (
+    CLASS_NAMES,
+    SYNONYMS,
+    WorldConfig,
+    balanced_labels,
+    generate,
+)
 
 
 def canonical(batch):
