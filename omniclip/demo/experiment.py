@@ -244,5 +244,5 @@ def plot_confusion(split: dict[str, Any], classes: Sequence[str], variants: Sequ
                      fontsize=9)
     fig.suptitle(f"zero-shot {task} classification (* = held out of lens training)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
