@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -28,10 +27,14 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
-
-from omniclip.modalities.audio.features import AudioFrontend, normalize_fbank, pad_or_cut
-from omniclip.modalities.audio.tokenizer import AudioPatchTokenizer
+from benchtime import best_times
+from omniclip.modalities.audio.features import (
+    AudioFrontend,
+    normalize_fbank,
+    pad_or_cut,
+)
 from omniclip.modalities.audio.io import load_audio, sample_clips
+from omniclip.modalities.audio.tokenizer import AudioPatchTokenizer
 
 
 def reference_fbank(clip: torch.Tensor) -> torch.Tensor:
@@ -47,26 +50,6 @@ def reference_fbank(clip: torch.Tensor) -> torch.Tensor:
     )
     return normalize_fbank(pad_or_cut(fbank, 512))
 
-
-def best_times(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
-    """Best wall time of each function over ``repeats`` rounds (seconds), after one warm-up.
-
-    Rounds are interleaved, so load from other processes on a shared machine hits every
-    function alike instead of whichever happened to run during a busy spell.
-    """
-    for fn in fns.values():
-        fn()
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
 
 
 def write_files(folder: Path, count: int, seconds: float, sr: int) -> list[Path]:
@@ -84,8 +67,9 @@ def write_files(folder: Path, count: int, seconds: float, sr: int) -> list[Path]
 
 def lens_step_times(device: torch.device, batch: int, repeats: int) -> dict[str, float]:
     """Best time of one training step of tokenizer + lens, from waveforms and from fbank."""
-    from omniclip.lens import Perceiver
     from omniclip.modalities.audio import AudioTokenizer
+
+    from omniclip.lens import Perceiver
 
     torch.manual_seed(0)
     lens = Perceiver(input_dim=768, latent_dim=768, num_latents=196, depth=2, latent_heads=12,

@@ -12,13 +12,15 @@ Baselines, both measured in the same run and checked to pick the same centres as
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Callable
 
 import torch
-
+from benchtime import best_times
 from omniclip.modalities.pointcloud.ops import farthest_point_sample
-from omniclip.modalities.pointcloud.tokenizers import PointBertTokenizer, PointNet2Tokenizer
+from omniclip.modalities.pointcloud.tokenizers import (
+    PointBertTokenizer,
+    PointNet2Tokenizer,
+)
 
 
 def per_sample_loop_fps(xyz: torch.Tensor, npoint: int, start: torch.Tensor) -> torch.Tensor:
@@ -51,17 +53,7 @@ def batched_last_axis_fps(xyz: torch.Tensor, npoint: int, start: torch.Tensor) -
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Best wall time of ``repeats`` calls after one warm-up (seconds)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_times({"fn": fn}, device, repeats)["fn"]
 
 
 def main() -> None:
