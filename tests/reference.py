@@ -95,3 +95,35 @@ def mapped_shapes(name: str, keys: dict[str, tuple]) -> dict[str, tuple]:
     mapped, unmatched = converter.keymap.apply({k: torch.empty(s, device="meta") for k, s in keys.items()})
     assert unmatched == []
     return {k: tuple(v.shape) for k, v in mapped.items()}
+
+
+def cubic_resample_matrix(n_in: int, n_out: int, a: float = -0.75) -> torch.Tensor:
+    """[n_out, n_in] matrix of 1D cubic-convolution weights (Keys, a = -0.75), half-pixel
+    centres (``align_corners=False``), border samples repeated: written from the formula."""
+
+    def kernel(x: float) -> float:
+        x = abs(x)
+        if x <= 1:
+            return (a + 2) * x ** 3 - (a + 3) * x ** 2 + 1
+        if x < 2:
+            return a * x ** 3 - 5 * a * x ** 2 + 8 * a * x - 4 * a
+        return 0.0
+
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for o in range(n_out):
+        src = (o + 0.5) * n_in / n_out - 0.5
+        base = math.floor(src)
+        for k in range(base - 1, base + 3):
+            m[o, min(max(k, 0), n_in - 1)] += kernel(src - k)
+    return m
+
+
+def reference_resample_positions(pos: torch.Tensor, grid: tuple[int, int], side: int) -> torch.Tensor:
+    """A [1 + H*W, D] table (row 1 + i*W + j holds grid cell (i, j)) resampled to a side x side
+    grid: separable cubic along rows (H) and columns (W), class row kept."""
+    h, w = grid
+    table = pos[1:].double().reshape(h, w, -1)
+    rows = cubic_resample_matrix(h, side)   # [side, H]
+    cols = cubic_resample_matrix(w, side)   # [side, W]
+    out = torch.einsum("ai,bj,ijd->abd", rows, cols, table).reshape(side * side, -1)
+    return torch.cat([pos[:1].double(), out]).to(pos.dtype)
