@@ -73,3 +73,63 @@ def test_tied_lens_saves_and_loads(tmp_path, tiny_backbone):
     other.load_lens(tmp_path)
     for key, value in model.trainable_state_dict().items():
         torch.testing.assert_close(other.trainable_state_dict()[key], value)
+
+
+def _fresh_pair(tiny_backbone):
+    torch.manual_seed(0)
+    model, _ = build_lens_model("toy", tiny_backbone.trunk(unlocked_blocks=1))
+    return model, model.trainable_state_dict()
+
+
+@pytest.mark.parametrize("kind", ["missing", "unexpected", "shape"])
+def test_load_refuses_each_kind_of_mismatch_alone(tiny_backbone, kind):
+    """Each defect on its own is refused (a loader that checks only some kinds, or only when
+    another kind is present, fails here) and the model is left untouched."""
+    model, state = _fresh_pair(tiny_backbone)
+    before = {k: v.clone() for k, v in state.items()}
+    bad = {k: torch.full_like(v, 7.0) for k, v in state.items()}  # loading these would be visible
+    if kind == "missing":
+        bad.pop("lens.latents"), bad.pop("trunk.blocks.0.ln_1.weight")
+        expected = "missing (2):\n  lens.latents\n  trunk.blocks.0.ln_1.weight"
+    elif kind == "unexpected":
+        bad["lens.extra"], bad["zz.other"] = torch.zeros(1), torch.zeros(2)
+        expected = "unexpected (2):\n  lens.extra\n  zz.other"
+    else:
+        shape = tuple(state["lens.latents"].shape)
+        bad["lens.latents"] = torch.zeros(shape[0] + 1, shape[1])
+        expected = (f"shape mismatch (1):\n  lens.latents: checkpoint {(shape[0] + 1, shape[1])} "
+                    f"vs model {shape}")
+    with pytest.raises(CheckpointMismatchError) as info:
+        model.load_trainable_state_dict(bad)
+    assert str(info.value) == "lens checkpoint does not match the model:\n" + expected
+    for key, value in model.trainable_state_dict().items():
+        assert torch.equal(value, before[key]), f"{key} was modified by a refused load"
+
+
+def test_load_reports_every_mismatch_in_one_message(tiny_backbone):
+    model, state = _fresh_pair(tiny_backbone)
+    bad = dict(state)
+    missing = sorted(k for k in state if k.startswith("trunk.blocks.0."))
+    for key in missing:
+        bad.pop(key)
+    bad["lens.extra"] = torch.zeros(1)
+    bad["tokenizer.pos"] = torch.zeros(1, 2, 3)
+    with pytest.raises(CheckpointMismatchError) as info:
+        model.load_trainable_state_dict(bad)
+    pos_shape = tuple(state["tokenizer.pos"].shape)
+    assert str(info.value).splitlines() == [
+        "lens checkpoint does not match the model:",
+        f"missing ({len(missing)}):", *[f"  {k}" for k in missing],
+        "unexpected (1):", "  lens.extra",
+        "shape mismatch (1):", f"  tokenizer.pos: checkpoint (1, 2, 3) vs model {pos_shape}",
+    ]
+    assert len(missing) > 2  # the unlocked block really contributes several keys
+
+
+def test_load_copies_every_value(tiny_backbone):
+    """A complete, well-shaped state is loaded entirely (a loader skipping keys fails here)."""
+    model, state = _fresh_pair(tiny_backbone)
+    target = {k: torch.randn_like(v) if v.is_floating_point() else v.clone() for k, v in state.items()}
+    model.load_trainable_state_dict(target)
+    for key, value in model.trainable_state_dict().items():
+        assert torch.equal(value, target[key]), key
