@@ -9,13 +9,15 @@ Three pieces compose into `build_loader`:
   augmentation depends on the sample alone: not on the number of workers, nor on which worker
   built it, nor on where the run was resumed. No ``worker_init_fn`` is needed.
 - `SafeDataset` + `collate_skipping` turn a `SampleError` into a stop or into a counted skip
-  that travels with the batch (``batch["skipped"]``) to the training loop's `SkipCounter`.
+  that travels with the batch (``batch["skipped"]``) to the training loop's `SkipCounter`;
+  `concat_batches` / `slice_batch` let the loop refill a batch that lost samples.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, NamedTuple, Sequence
@@ -222,12 +224,20 @@ class SafeDataset(Dataset):
 
 
 class _SkippingCollate:
-    """A class rather than a closure so that it pickles into spawned worker processes."""
+    """A class rather than a closure so that it pickles into spawned worker processes.
 
-    def __init__(self, collate_fn: Callable[[list[Any]], dict[str, Any]]):
+    With ``keyed=True`` the samples arrive as ``(key, sample)`` pairs (see `_KeyedDataset`) and
+    the batch lists the kept samples' keys under ``"sample_keys"``.
+    """
+
+    def __init__(self, collate_fn: Callable[[list[Any]], dict[str, Any]], keyed: bool = False):
         self.collate_fn = collate_fn
+        self.keyed = keyed
 
     def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
+        keys = [key for key, _ in samples] if self.keyed else None
+        if self.keyed:
+            samples = [sample for _, sample in samples]
         kept = [s for s in samples if not isinstance(s, Skipped)]
         skipped = [(s.path, s.problem) for s in samples if isinstance(s, Skipped)]
         if not kept:
@@ -236,6 +246,8 @@ class _SkippingCollate:
         if not isinstance(batch, dict):
             raise TypeError(f"collate_fn must return a dict, got {type(batch).__name__}")
         batch["skipped"] = skipped
+        if keys is not None:
+            batch["sample_keys"] = [tuple(k) for k, s in zip(keys, samples) if not isinstance(s, Skipped)]
         return batch
 
 
@@ -249,6 +261,59 @@ def collate_skipping(
     the training loop counts it and moves on.
     """
     return _SkippingCollate(collate_fn)
+
+
+class _KeyedDataset(Dataset):
+    """``dataset[key] -> (key, dataset[key])``, so a batch knows which samples it holds."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: SampleKey) -> tuple[SampleKey, Any]:
+        return key, self.dataset[key]
+
+
+def batch_size_of(batch: dict[str, Any]) -> int:
+    """Number of samples in a batch built by `build_loader` (its ``sample_keys``)."""
+    return len(batch["sample_keys"])
+
+
+def concat_batches(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """One batch holding the samples of ``first`` then ``second`` (tensors, lists, nested dicts).
+
+    Every per-sample value of the batch contract (module `omniclip.modality`) is a tensor or a
+    list with the batch along its first dimension; values that are neither must be equal.
+    """
+    if set(first) != set(second):
+        raise ValueError(f"batches with different keys cannot be joined: {sorted(first)} vs {sorted(second)}")
+    return {key: _join(first[key], second[key], key) for key in first}
+
+
+def _join(a: Any, b: Any, key: str) -> Any:
+    if isinstance(a, torch.Tensor):
+        return torch.cat([a, b])
+    if isinstance(a, (list, tuple)):
+        return type(a)([*a, *b])
+    if isinstance(a, dict):
+        return {k: _join(a[k], b[k], f"{key}.{k}") for k in a}
+    if a != b:
+        raise ValueError(f"batch value `{key}` is neither a tensor nor a list and differs between batches")
+    return a
+
+
+def slice_batch(batch: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
+    """Samples ``start:stop`` of a batch (inverse of `concat_batches`)."""
+    def cut(value: Any) -> Any:
+        if isinstance(value, (torch.Tensor, list, tuple)):
+            return value[start:stop]
+        if isinstance(value, dict):
+            return {k: cut(v) for k, v in value.items()}
+        return value
+
+    return {key: cut(value) for key, value in batch.items()}
 
 
 class TooManySkippedError(OmniclipError, RuntimeError):
@@ -314,12 +379,24 @@ def build_loader(
     pin_memory: bool = False,
     policy: SkipPolicy = "stop",
     persistent_workers: bool | None = None,
+    prefetch_factor: int | None = None,
 ) -> DataLoader:
     """DataLoader over ``SeededDataset(SafeDataset(dataset, policy), seed)`` driven by ``sampler``.
 
+    Each batch lists its samples' `SampleKey` under ``"sample_keys"`` (the training loop refills
+    batches that lost samples to the skip policy, and checkpoints the keys of a partial batch).
+    ``loader.dataset[key]`` rebuilds one ``(key, sample)`` pair exactly, in any process.
+
     ``batch_size`` is per rank and must equal ``sampler.batch_size`` (the sampler counts
-    consumed keys in batches). ``persistent_workers=None`` means "when there are workers". No
-    ``worker_init_fn``: every sample seeds its own RNGs (see `SeededDataset`).
+    consumed keys in batches). ``persistent_workers=None`` means "when there are workers".
+    Workers ignore SIGINT and SIGTERM: a Ctrl-C reaches the whole process group, and the main
+    process, not its workers, decides how to stop (the trainer saves a checkpoint first).
+
+    The loader draws its workers' base seed from a generator of its own, never from the global
+    torch RNG: a resumed run restores the global RNG and then calls ``iter(loader)`` at a point
+    where the uninterrupted run did not, and a draw from the global RNG there would shift every
+    later random number of the forward (dropout, random FPS starts, SpecAugment). Sample
+    randomness itself comes from `SeededDataset`, not from the base seed.
     """
     if batch_size != sampler.batch_size:
         raise ConfigError(
@@ -328,15 +405,23 @@ def build_loader(
     if persistent_workers is None:
         persistent_workers = num_workers > 0
     return DataLoader(
-        SeededDataset(SafeDataset(dataset, policy), seed),
+        _KeyedDataset(SeededDataset(SafeDataset(dataset, policy), seed)),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate_skipping(collate_fn),
+        collate_fn=_SkippingCollate(collate_fn, keyed=True),
         pin_memory=pin_memory,
         drop_last=sampler.drop_last,
         persistent_workers=persistent_workers,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        worker_init_fn=_ignore_stop_signals if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
     )
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # ------------------------------------------------------------------ dataset construction checks

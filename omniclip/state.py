@@ -19,6 +19,7 @@ that could not be loaded back safely fails at save time, not at resume time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -27,7 +28,7 @@ import shutil
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -92,6 +93,21 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         )
     for device, cuda_state in enumerate(cuda_states[:available]):
         torch.cuda.set_rng_state(cuda_state, device)
+
+
+@contextlib.contextmanager
+def preserved_rng_state() -> Iterator[None]:
+    """Run a block without disturbing the global RNGs (Python, NumPy, torch CPU and CUDA).
+
+    Evaluation inside a training run draws random numbers (loader seeds, augmentation); a run
+    resumed from a checkpoint written before that evaluation never ran it, so the training
+    streams must not depend on it.
+    """
+    state = capture_rng_state()
+    try:
+        yield
+    finally:
+        restore_rng_state(state)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -199,6 +215,9 @@ def save_checkpoint(
             shutil.rmtree(leftover)
         else:
             leftover.unlink()
+    for child in root.glob("step_*"):  # half-deleted by a kill during an older version's pruning
+        if _STEP_DIR.fullmatch(child.name) and child.is_dir() and not _complete(child):
+            shutil.rmtree(child)
 
     name = f"step_{step:08d}"
     final = root / name
@@ -227,8 +246,19 @@ def save_checkpoint(
     if keep_last is not None:
         older = [d for _, d in _step_dirs(root) if d != final]
         for stale in older[: max(0, len(older) - (keep_last - 1))]:
-            shutil.rmtree(stale)
+            _remove_dir(stale)
     return final
+
+
+def _remove_dir(path: Path) -> None:
+    """Delete a checkpoint directory so that a kill at any moment leaves no half-deleted one.
+
+    The directory is first renamed to a temporary name (atomic), so it either is a complete
+    ``step_*`` directory or is a leftover that the next save deletes.
+    """
+    doomed = path.with_name(f"{_TMP_PREFIX}del-{path.name}-{os.getpid()}")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed)
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:

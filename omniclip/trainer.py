@@ -17,9 +17,11 @@ import contextlib
 import json
 import logging
 import math
+import signal
+import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -28,14 +30,24 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
-from omniclip.data import ResumableSampler, SkipCounter, build_loader
+from omniclip.data import (
+    ResumableSampler,
+    SkipCounter,
+    batch_size_of,
+    build_loader,
+    concat_batches,
+    slice_batch,
+)
 from omniclip.distributed import DistEnv, all_gather_object, all_reduce_mean, barrier
-from omniclip.errors import ConfigError
+from omniclip.errors import ConfigError, OmniclipError
 from omniclip.optim import build_optimizer, cosine_schedule
+from omniclip.resume_rules import ResumeCheck
 from omniclip.state import (
+    atomic_save,
     capture_rng_state,
     latest_checkpoint,
     load_checkpoint,
+    preserved_rng_state,
     restore_rng_state,
     save_checkpoint,
 )
@@ -45,13 +57,22 @@ log = logging.getLogger(__name__)
 Evaluator = Callable[[nn.Module], Mapping[str, float]]
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite and the policy is "stop"."""
+class NonFiniteLossError(OmniclipError, RuntimeError):
+    """The loss or the gradients became NaN or infinite and the policy (or its cap) says stop."""
+
+
+class NonFiniteWeightsError(NonFiniteLossError):
+    """Trainable weights or statistics are not finite: they are never checkpointed or exported."""
 
 
 @dataclass
 class TrainerConfig:
-    """Trainer settings; the hydra group ``trainer/`` mirrors these fields."""
+    """Trainer settings; the hydra group ``trainer/`` mirrors these fields.
+
+    On resume the checkpoint's values are compared with these (see `omniclip.resume_rules`):
+    schedule keys are applied from the checkpoint's step, bookkeeping keys are free, and a
+    change of ``batch_size``, ``grad_accum_steps`` or ``seed`` is refused.
+    """
 
     max_steps: int = 1000
     batch_size: int = 32  # per rank, per micro-batch
@@ -63,13 +84,16 @@ class TrainerConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.0
     grad_clip: float | None = 1.0
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on CUDA; CPU always runs fp32)
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast (and a GradScaler for fp16), on CUDA and CPU
     grad_checkpointing: bool = False
     num_workers: int = 2
+    prefetch_factor: int | None = None  # batches each worker prepares ahead (torch's default: 2)
     seed: int = 0
     bad_samples: str = "stop"  # stop | skip
     max_skip_fraction: float = 0.1
     nonfinite: str = "stop"  # stop | skip
+    max_consecutive_nonfinite: int = 20  # with nonfinite=skip: stop after this many skipped steps in a row
+    max_nonfinite_steps: int = 100  # with nonfinite=skip: stop after this many skipped steps in the run
     checkpoint_every: int = 500
     keep_last: int | None = 3
     eval_every: int | None = None
@@ -89,7 +113,8 @@ class TrainerConfig:
         for key, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ConfigError(f"trainer.{key}", f"`{value}` is not one of {allowed}")
-        for key in ("max_steps", "batch_size", "grad_accum_steps", "checkpoint_every", "log_every"):
+        for key in ("max_steps", "batch_size", "grad_accum_steps", "checkpoint_every", "log_every",
+                    "max_consecutive_nonfinite", "max_nonfinite_steps"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"trainer.{key}", f"must be >= 1, got {getattr(self, key)}")
 
@@ -113,7 +138,7 @@ class Trainer:
         dataset, collate_fn: sample source and batching (the modality's).
         output_dir: checkpoints, logs and ``metrics.jsonl`` go here (one directory for all ranks).
         evaluators: name -> callable(model) -> metrics, run every ``eval_every`` steps and at the end.
-        run_config: the resolved recipe, saved with each checkpoint.
+        run_config: the resolved recipe, saved with each checkpoint and compared on resume.
     """
 
     def __init__(
@@ -147,21 +172,29 @@ class Trainer:
             else None
         )
         self.optimizer = build_optimizer(self.trainable, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
-        self.scheduler = cosine_schedule(self.optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
-        self.use_autocast = self.device.type == "cuda" and cfg.precision != "fp32"
+        try:
+            self.scheduler = cosine_schedule(self.optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+        except ConfigError as error:  # the schedule's own names -> the recipe keys
+            key = error.key if error.key.startswith("trainer.") else f"trainer.{error.key}"
+            raise ConfigError(key, error.problem) from None
+        self.use_autocast = cfg.precision != "fp32"
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision, torch.float32)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_autocast and cfg.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.sampler = ResumableSampler(
             len(dataset), shuffle=True, seed=cfg.seed, rank=self.env.rank, world_size=self.env.world_size,
             drop_last=True, batch_size=cfg.batch_size,
         )
         self.loader = build_loader(
             dataset, collate_fn, cfg.batch_size, self.sampler, cfg.num_workers, cfg.seed,
-            pin_memory=self.device.type == "cuda", policy=cfg.bad_samples,
+            pin_memory=self.device.type == "cuda", policy=cfg.bad_samples, prefetch_factor=cfg.prefetch_factor,
         )
         self.skips = SkipCounter(cfg.max_skip_fraction)
         self.step = 0
         self.skipped_steps = 0
+        self._consecutive_nonfinite = 0
+        self._carry: dict[str, Any] | None = None  # samples drawn for the next batch (refill)
+        self._saved_step: int | None = None
+        self._stop_signal: int | None = None
         self._writer = None
         self._wandb = None
 
@@ -172,63 +205,137 @@ class Trainer:
         return weights
 
     def save(self) -> Path | None:
-        """Write a checkpoint (main rank). Every rank must call it: RNG states are gathered."""
+        """Write a checkpoint (main rank). Every rank must call it: RNG and data states are gathered.
+
+        Raises `NonFiniteWeightsError` instead of writing weights that are not finite, so the
+        newest checkpoint is always one a run can resume from.
+        """
+        weights = self.trainable_weights()
+        bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise NonFiniteWeightsError(
+                f"trainable weights are not finite at step {self.step} ({', '.join(bad[:5])}"
+                f"{', ...' if len(bad) > 5 else ''}); not saved. The newest checkpoint "
+                f"({latest_checkpoint(self.output_dir) or 'none'}) is the last good state: lower trainer.lr "
+                "or check the data, then resume"
+            )
         rng_states = all_gather_object(capture_rng_state())  # one per rank, restored per rank
-        if not self.env.is_main:
-            return None
-        state = {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": rng_states,
-            "sampler": self.sampler.state_dict(),
-            "skips": self.skips.state_dict(),
-            "skipped_steps": self.skipped_steps,
-        }
-        path = save_checkpoint(self.output_dir, self.step, self.trainable_weights(), state,
-                               _jsonable(self.run_config), keep_last=self.cfg.keep_last)
-        log.info("saved checkpoint %s", path)
+        data_states = all_gather_object(self._data_state())
+        if self.env.is_main:
+            state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng_states,
+                "data": data_states,
+                "skipped_steps": self.skipped_steps,
+                "consecutive_nonfinite": self._consecutive_nonfinite,
+                "trainer_config": _jsonable(asdict(self.cfg)),
+            }
+            path = save_checkpoint(self.output_dir, self.step, weights, state, _jsonable(self.run_config),
+                                   keep_last=self.cfg.keep_last)
+            log.info("saved checkpoint %s", path)
+        else:
+            path = None
+        self._saved_step = self.step
         return path
 
+    def _data_state(self) -> dict[str, Any]:
+        carry = [list(k) for k in self._carry["sample_keys"]] if self._carry is not None else []
+        return {"sampler": self.sampler.state_dict(), "skips": self.skips.state_dict(), "carry": carry}
+
     def resume(self) -> Path | None:
-        """Restore the newest checkpoint (``resume=auto``) or the one named; None when starting fresh."""
+        """Restore the newest checkpoint (``resume=auto``) or the one named; None when starting fresh.
+
+        The recipe is compared with the checkpoint's first (`omniclip.resume_rules`): a change
+        that cannot apply within a run raises `ConfigError` naming every differing key; schedule
+        changes apply from the checkpoint's step on.
+        """
         if self.cfg.resume == "never":
             return None
         path = latest_checkpoint(self.output_dir) if self.cfg.resume == "auto" else Path(self.cfg.resume)
         if path is None:
             return None
-        weights, state, _ = load_checkpoint(path)
+        weights, state, saved_config = load_checkpoint(path)
+        check = ResumeCheck(state.get("trainer_config", {}), _jsonable(asdict(self.cfg)),
+                            saved_config, _jsonable(self.run_config))
+        refusal = check.refusal()
+        if refusal:
+            raise ConfigError("trainer.resume", f"cannot resume {path}: {refusal}")
         self._load_weights(weights)
+        # The optimizer keeps its moments; its hyper-parameters and the schedule are the recipe's.
+        recipe_groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        for group, recipe in zip(self.optimizer.param_groups, recipe_groups):
+            group.update(recipe)
         self.scaler.load_state_dict(state["scaler"])
-        self.sampler.load_state_dict(state["sampler"])
-        self.skips.load_state_dict(state["skips"])
-        self.skipped_steps = int(state["skipped_steps"])
         self.step = int(state["step"])
-        rng_states = state["rng"]
-        if len(rng_states) != self.env.world_size:
-            log.warning("checkpoint has RNG states of %d ranks, this run has %d: ranks reuse them cyclically",
-                        len(rng_states), self.env.world_size)
-        restore_rng_state(rng_states[self.env.rank % len(rng_states)])
+        self._set_schedule_step(self.step)
+        data = state["data"]
+        if len(data) != self.env.world_size:
+            raise ConfigError("trainer.resume", f"{path} was written by {len(data)} rank(s) and this run has "
+                              f"{self.env.world_size}: the data position cannot be split anew; resume with "
+                              f"{len(data)} rank(s) or start a new run")
+        mine = data[self.env.rank]
+        self.sampler.load_state_dict(mine["sampler"])
+        self.skips.load_state_dict(mine["skips"])
+        self._carry = self._rebuild_batch([tuple(k) for k in mine["carry"]])
+        self.skipped_steps = int(state["skipped_steps"])
+        self._consecutive_nonfinite = int(state.get("consecutive_nonfinite", 0))
+        restore_rng_state(state["rng"][self.env.rank])
+        self._saved_step = self.step
+        self._truncate_metrics(self.step)
+        applied = check.applied()
+        if applied and self.env.is_main:
+            log.warning(applied)
         log.info("resumed from %s at step %d", path, self.step)
         return path
 
+    def _set_schedule_step(self, step: int) -> None:
+        """Put the scheduler (a pure function of the step) and every group's lr at ``step``."""
+        self.scheduler.last_epoch = step
+        lrs = [base * factor(step) for base, factor in zip(self.scheduler.base_lrs, self.scheduler.lr_lambdas)]
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self.scheduler._last_lr = lrs  # what get_last_lr() reports
+
+    def _rebuild_batch(self, keys: list[tuple[int, int]]) -> dict[str, Any] | None:
+        """The partial batch a checkpoint was waiting to fill, rebuilt from its sample keys."""
+        if not keys:
+            return None
+        return self.loader.collate_fn([self.loader.dataset[key] for key in keys])
+
     def _load_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
         expected = self.trainable_weights()
-        if set(weights) != set(expected):
-            missing = sorted(set(expected) - set(weights))
-            unexpected = sorted(set(weights) - set(expected))
-            raise ConfigError("trainer.resume", f"checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
+        missing = sorted(set(expected) - set(weights))
+        unexpected = sorted(set(weights) - set(expected))
+        shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(expected[k].shape)}"
+                  for k in sorted(set(expected) & set(weights)) if weights[k].shape != expected[k].shape]
+        if missing or unexpected or shapes:
+            raise ConfigError("trainer.resume", f"checkpoint does not match the model: missing {missing}, "
+                              f"unexpected {unexpected}, shape (checkpoint vs model) {shapes}")
         live = {f"model.{k}": v for k, v in _live_tensors(self.model).items()}
         live.update({f"objective.{k}": v for k, v in _live_tensors(self.objective).items()})
         with torch.no_grad():
             for key, value in weights.items():
                 live[key].copy_(value)
 
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop records of steps after ``step``: the resumed run logs them again."""
+        path = self.output_dir / "metrics.jsonl"
+        if not (self.env.is_main and path.is_file()):
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _record_step(line) <= step]
+        if len(kept) != len(lines):
+            atomic_save(lambda tmp: tmp.write_text("".join(kept)), path)
+
     # ------------------------------------------------------------------ loop
     def fit(self, stop_at: int | None = None) -> TrainResult:
-        """Train until ``max_steps`` (or ``stop_at``, to pause a run early), resuming first."""
+        """Train until ``max_steps`` (or ``stop_at``, to pause a run early), resuming first.
+
+        SIGINT (Ctrl-C) and SIGTERM finish the current step, save a checkpoint (once) and raise
+        `KeyboardInterrupt`; a second signal acts at once.
+        """
         self.resume()
         end = min(self.cfg.max_steps, stop_at or self.cfg.max_steps)
         result = TrainResult(step=self.step)
@@ -236,26 +343,31 @@ class Trainer:
         bar = self._progress(end)
         self.trainable.train()
         last_time, samples_since = time.perf_counter(), 0
-        while self.step < end:
-            loss, logs, num_samples = self._train_step(batches)
-            samples_since += num_samples
-            self.step += 1
-            if loss is not None:
-                result.losses.append(loss)
-            if self.step % self.cfg.log_every == 0 or self.step == end:
-                now = time.perf_counter()
-                logs["samples_per_s"] = samples_since * self.env.world_size / max(now - last_time, 1e-9)
-                last_time, samples_since = now, 0
-                self._log(logs)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}", lr=f"{logs['lr']:.2e}",
-                                sps=f"{logs.get('samples_per_s', 0):.0f}", refresh=False)
-            if self.step % self.cfg.checkpoint_every == 0 or self.step == end:
-                self.save()
-                barrier()
-            if self.cfg.eval_every and (self.step % self.cfg.eval_every == 0 or self.step == self.cfg.max_steps):
-                result.evals.append(self.evaluate())
+        with self._stop_signals():
+            while self.step < end:
+                loss, logs, num_samples = self._train_step(batches)
+                samples_since += num_samples
+                self.step += 1
+                if loss is not None:
+                    result.losses.append(loss)
+                if self.step % self.cfg.log_every == 0 or self.step == end:
+                    now = time.perf_counter()
+                    logs["samples_per_s"] = samples_since * self.env.world_size / max(now - last_time, 1e-9)
+                    last_time, samples_since = now, 0
+                    self._log(logs)
+                    if bar is None and self.env.is_main:
+                        log.info(_step_line(self.step, end, logs))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}", lr=f"{logs['lr']:.2e}",
+                                    sps=f"{logs.get('samples_per_s', 0):.0f}", refresh=False)
+                if self.step % self.cfg.checkpoint_every == 0 or self.step == end:
+                    self.save()
+                    barrier()
+                if self.cfg.eval_every and (self.step % self.cfg.eval_every == 0 or self.step == self.cfg.max_steps):
+                    result.evals.append(self.evaluate())
+                if self._should_stop():
+                    self._interrupted(bar)
         if bar is not None:
             bar.close()
         if self.skips.skipped:
@@ -266,14 +378,56 @@ class Trainer:
         self._close_loggers()
         return result
 
+    @contextlib.contextmanager
+    def _stop_signals(self) -> Iterator[None]:
+        """Turn SIGINT / SIGTERM into a request to stop after the current step."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous: dict[int, Any] = {}
+
+        def request_stop(signum: int, frame: Any) -> None:
+            self._stop_signal = signum
+            for sig, handler in previous.items():  # a second signal acts at once
+                signal.signal(sig, handler)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, request_stop)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _should_stop(self) -> bool:
+        requested = self._stop_signal is not None
+        if self.env.world_size == 1:
+            return requested
+        flag = torch.tensor(1.0 if requested else 0.0, device=self.device)  # every rank stops together
+        return bool(all_reduce_mean(flag).item() > 0.0)
+
+    def _interrupted(self, bar: Any) -> None:
+        if self._saved_step != self.step:
+            self.save()
+            barrier()
+        if bar is not None:
+            bar.close()
+        self._close_loggers()
+        name = signal.Signals(self._stop_signal).name if self._stop_signal else "a stop request"
+        if self.env.is_main:
+            log.warning("stopped by %s at step %d; checkpoint %s; run the same command again to resume",
+                        name, self.step, latest_checkpoint(self.output_dir))
+        raise KeyboardInterrupt(f"stopped by {name} at step {self.step}")
+
     def _train_step(self, batches: Iterator[dict[str, Any]]) -> tuple[float | None, dict[str, float], int]:
         cfg = self.cfg
         module = self.ddp if self.ddp is not None else self.trainable
         self.optimizer.zero_grad(set_to_none=True)
+        norm_stats = _snapshot_norm_stats(self.trainable)
         total, logs, num_samples, finite = 0.0, {}, 0, True
         for micro in range(cfg.grad_accum_steps):
             batch = next(batches)
-            num_samples += len(batch["inputs"]) if hasattr(batch["inputs"], "__len__") else cfg.batch_size
+            num_samples += batch_size_of(batch)
             sync = micro == cfg.grad_accum_steps - 1
             context = module.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
             with context:
@@ -283,40 +437,93 @@ class Trainer:
                     finite = False
                 self.scaler.scale(loss / cfg.grad_accum_steps).backward()
             total += float(loss.detach()) / cfg.grad_accum_steps
-        finite = self._all_finite(finite)
         logs["lr"] = self.optimizer.param_groups[0]["lr"]
-        if not finite:
-            message = f"non-finite loss at step {self.step + 1} (loss {total})"
-            if cfg.nonfinite == "stop":
-                raise NonFiniteLossError(message + "; set trainer.nonfinite=skip to skip such steps")
-            log.warning(message + "; step skipped")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.skipped_steps += 1
-            with warnings.catch_warnings():  # keep the schedule aligned with the step count
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-                self.scheduler.step()
+        self.scaler.unscale_(self.optimizer)  # a no-op without fp16; the norm below is of true gradients
+        grads = [p.grad for p in self.trainable.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        grads_finite = bool(torch.isfinite(grad_norm))
+        finite, grads_finite = self._all_finite(finite), self._all_finite(grads_finite)
+        if finite and not grads_finite and self.scaler.is_enabled():
+            # fp16 overflow: the scaler skips this update and lowers its scale; expected while it calibrates.
+            _restore_norm_stats(self.trainable, norm_stats)
+            self._count_nonfinite("fp16 gradient overflow", total, counts_in_run=False)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self._step_schedule_without_update()
+            logs["fp16_overflow"] = 1.0
             return None, logs, num_samples
+        if not (finite and grads_finite):
+            problem = "non-finite loss" if not finite else "non-finite gradients"
+            _restore_norm_stats(self.trainable, norm_stats)
+            self.optimizer.zero_grad(set_to_none=True)
+            self._count_nonfinite(problem, total, counts_in_run=True)
+            self._step_schedule_without_update()
+            return None, logs, num_samples
+        self._consecutive_nonfinite = 0
         if cfg.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.trainable.parameters(), cfg.grad_clip))
+            torch.nn.utils.clip_grads_with_norm_(grads, cfg.grad_clip, grad_norm)
+        logs["grad_norm"] = float(grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         logs["loss"] = total
         return total, logs, num_samples
 
+    def _count_nonfinite(self, problem: str, loss: float, counts_in_run: bool) -> None:
+        """Apply the non-finite policy and its caps to a step whose update is being skipped."""
+        cfg = self.cfg
+        message = f"{problem} at step {self.step + 1} (loss {loss})"
+        if counts_in_run and cfg.nonfinite == "stop":
+            raise NonFiniteLossError(message + "; set trainer.nonfinite=skip to skip such steps")
+        self._consecutive_nonfinite += 1
+        if counts_in_run:
+            self.skipped_steps += 1
+            log.warning(message + "; step skipped")
+        if self._consecutive_nonfinite >= cfg.max_consecutive_nonfinite:
+            raise NonFiniteLossError(
+                f"{message}: {self._consecutive_nonfinite} steps in a row could not update the model "
+                f"(trainer.max_consecutive_nonfinite={cfg.max_consecutive_nonfinite}); lower trainer.lr or "
+                "check the data"
+            )
+        if self.skipped_steps >= cfg.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{message}: {self.skipped_steps} steps of this run were skipped "
+                f"(trainer.max_nonfinite_steps={cfg.max_nonfinite_steps}); lower trainer.lr or check the data"
+            )
+
+    def _step_schedule_without_update(self) -> None:
+        with warnings.catch_warnings():  # keep the schedule aligned with the step count
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            self.scheduler.step()
+
     def _batches(self) -> Iterator[dict[str, Any]]:
-        """Endless stream of usable batches; advances the sampler and counts skipped samples."""
+        """Endless stream of full batches; advances the sampler and counts skipped samples.
+
+        A batch that lost samples to the skip policy is topped up from the next one (a batch of
+        one would give a contrastive loss of 0), and the samples left over start the next
+        batch. Between steps those left-over samples are ``self._carry``, checkpointed by key.
+        """
+        size = self.cfg.batch_size
         while True:
             self.sampler.set_epoch(self.sampler.epoch)
             remaining, produced = len(self.sampler), False
             for batch in self.loader:
                 self.sampler.advance()
                 skipped = batch.pop("skipped", [])
-                self.skips.update(skipped, self.cfg.batch_size)
+                self.skips.update(skipped, size)
                 if "inputs" not in batch:  # every sample of this batch was skipped
                     continue
                 produced = True
+                if self._carry is not None:
+                    batch = concat_batches(self._carry, batch)
+                    self._carry = None
+                count = batch_size_of(batch)
+                if count < size:
+                    self._carry = batch
+                    continue
+                if count > size:
+                    self._carry = slice_batch(batch, size, count)
+                    batch = slice_batch(batch, 0, size)
                 yield _to_device(batch, self.device)
             if remaining and not produced:
                 raise RuntimeError("the training data produced no usable batch in a whole epoch: " + self.skips.summary())
@@ -330,14 +537,22 @@ class Trainer:
 
     # ------------------------------------------------------------------ eval and logging
     def evaluate(self) -> dict[str, Any]:
-        """Run every evaluator on the main rank; returns {"step", name: metrics}."""
+        """Run every evaluator on the main rank; returns {"step", name: metrics}.
+
+        The global RNGs are left as they were: a run resumed from the checkpoint written just
+        before an evaluation must draw the same training randomness as one that evaluated.
+        """
         record: dict[str, Any] = {"step": self.step}
         if self.env.is_main and self.evaluators:
             self.model.eval()
-            for name, evaluator in self.evaluators.items():
-                metrics = dict(evaluator(self.model))
-                record[name] = metrics
-                self._log({f"eval/{name}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+            with preserved_rng_state():
+                for name, evaluator in self.evaluators.items():
+                    metrics = dict(evaluator(self.model))
+                    record[name] = metrics
+                    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+                    self._log({f"eval/{name}/{k}": v for k, v in numbers.items()})
+                    log.info("eval %s at step %d: %s", name, self.step,
+                             "  ".join(f"{k} {v:.4g}" for k, v in numbers.items()))
             self.trainable.train()
         barrier()
         return record
@@ -403,6 +618,49 @@ def _live_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
     live = dict(module.named_parameters(remove_duplicate=False))  # tied weights under every name
     live.update(dict(module.named_buffers(remove_duplicate=False)))
     return live
+
+
+def _norm_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Norm layers whose forward in training mode updates running statistics (BatchNorm & co)."""
+    return [(name, m) for name, m in module.named_modules()
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats and m.training]
+
+
+def _snapshot_norm_stats(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the running statistics a forward is about to update (restored if the step is skipped)."""
+    stats = {}
+    for name, layer in _norm_layers(module):
+        for buffer_name, buffer in layer.named_buffers(recurse=False):
+            if buffer is not None:
+                stats[f"{name}.{buffer_name}"] = buffer.detach().clone()
+    return stats
+
+
+def _restore_norm_stats(module: nn.Module, stats: Mapping[str, torch.Tensor]) -> None:
+    buffers = dict(module.named_buffers())
+    with torch.no_grad():
+        for name, value in stats.items():
+            buffers[name].copy_(value)
+
+
+def _record_step(line: str) -> float:
+    try:
+        return float(json.loads(line).get("step", -1))
+    except (ValueError, AttributeError):
+        return -1.0  # a torn last line of a killed run: drop it with the steps after the checkpoint
+
+
+def _step_line(step: int, end: int, logs: Mapping[str, float]) -> str:
+    parts = [f"step {step}/{end}"]
+    if "loss" in logs:
+        parts.append(f"loss {logs['loss']:.4f}")
+    else:
+        parts.append("update skipped")
+    parts.append(f"lr {logs['lr']:.3e}")
+    if "grad_norm" in logs:
+        parts.append(f"grad_norm {logs['grad_norm']:.3g}")
+    parts.append(f"{logs.get('samples_per_s', 0.0):.1f} samples/s")
+    return "  ".join(parts)
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -161,10 +161,11 @@ def test_loader_batches_identical_with_0_and_2_workers():
     b0, b2 = _batches(0), _batches(2)
     assert len(b0) == len(b2) == 4
     for x, y in zip(b0, b2):
-        assert x.keys() == y.keys() == {"inputs", "numpy", "python", "labels", "skipped"}
+        assert x.keys() == y.keys() == {"inputs", "numpy", "python", "labels", "skipped", "sample_keys"}
         for field in ("inputs", "numpy", "python", "labels"):
             assert torch.equal(x[field], y[field])
         assert x["skipped"] == []
+        assert x["sample_keys"] == y["sample_keys"] and len(x["sample_keys"]) == 4
 
 
 def test_loader_resume_skips_consumed_keys_without_loading_them():
