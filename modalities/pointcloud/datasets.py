@@ -34,7 +34,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from omniclip.modalities.pointcloud.io import normalize_unit_sphere, read_point_cloud
+from omniclip.modalities.pointcloud.io import (
+    PickledFileError,
+    coordinate_problem,
+    normalize_unit_sphere,
+    read_point_cloud,
+    read_regular_file,
+)
 from omniclip.modalities.pointcloud.ops import farthest_point_sample
 from omniclip.modalities.pointcloud.templates import TEMPLATES
 from omniclip.modalities.pointcloud.transforms import PointAugment
@@ -42,9 +48,12 @@ from torch.utils.data import Dataset
 
 from omniclip.data import require_dir, require_file, require_split
 from omniclip.errors import ConfigError, SampleError
+from omniclip.paths import ALLOW_KEY, resolve_in_root
 
 ImageTransform = Callable[[Any], torch.Tensor]
 SPLITS = ("train", "val", "test")
+#: FPS runs on at most this many times ``num_points`` candidates (see `CloudOptions`).
+FPS_POOL = 4
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,10 @@ class CloudOptions:
         min_points: fewer points than this (the tokenizer's group size) is a bad sample.
         swap_yz: swap the y and z axes (OpenShape's ``y_up``).
         augment: `PointAugment` settings applied in the train split (``None``: none).
+
+    Farthest-point sampling costs ``num_points`` passes over the cloud, so a cloud of more than
+    ``FPS_POOL`` x ``num_points`` points is first cut to that many by a random subset (drawn
+    from NumPy's global generator, which the loaders seed per sample, so it is reproducible).
     """
 
     num_points: int | None = 8192
@@ -79,6 +92,10 @@ class CloudOptions:
             raise ConfigError("num_points", f"must be positive, got {self.num_points}")
         if self.min_points < 1:
             raise ConfigError("min_points", f"must be positive, got {self.min_points}")
+        if self.num_points is not None and self.num_points < self.min_points:
+            # every sample would have fewer points than a tokenizer group: fail at build time
+            raise ConfigError("num_points", f"{self.num_points} is below min_points={self.min_points} (the "
+                                            "tokenizer's group size): every cloud would be too small to group")
 
     def finish(self, points: np.ndarray, path: str, train: bool) -> torch.Tensor:
         """Validate, resample, normalise and (in training) augment one raw cloud [N, C]."""
@@ -90,6 +107,9 @@ class CloudOptions:
         bad = int((~np.isfinite(points).all(axis=1)).sum())
         if bad:
             raise SampleError(path, f"{bad} of {len(points)} points have NaN or inf values")
+        problem = coordinate_problem(points[:, :3])  # before the float32 cast below
+        if problem:
+            raise SampleError(path, problem)
         if len(points) < self.min_points:
             raise SampleError(path, f"{len(points)} points, fewer than min_points={self.min_points} (the group size)")
         if self.with_color and points.shape[1] == 3:
@@ -103,8 +123,8 @@ class CloudOptions:
             points = points[:, [0, 2, 1, *range(3, points.shape[1])]]
         try:
             points = normalize_unit_sphere(points)
-        except ValueError:
-            raise SampleError(path, "degenerate cloud: all points coincide") from None
+        except ValueError as err:
+            raise SampleError(path, f"degenerate cloud: {str(err).removeprefix('cannot normalise: ')}") from None
         if train and self.augment is not None:
             points = self.augment(points)
         return torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32))
@@ -116,7 +136,10 @@ class CloudOptions:
         if n < target:
             return np.concatenate([points, points[np.random.randint(0, n, target - n)]])
         if self.sampling == "fps":
-            xyz = torch.from_numpy(points[None, :, :3])
+            if n > FPS_POOL * target:  # bound the O(n * target) cost (10M points took minutes)
+                points = points[np.random.permutation(n)[: FPS_POOL * target]]
+                n = len(points)
+            xyz = torch.from_numpy(np.ascontiguousarray(points[None, :, :3]))
             idx = farthest_point_sample(xyz, target, start_idx=int(np.random.randint(n)))[0]
             return points[idx.numpy()]
         return points[np.random.permutation(n)[:target]]
@@ -143,7 +166,8 @@ def _read_lines(path: Path) -> list[str]:
 class ModelNet40(Dataset):
     """ModelNet40 in the ``modelnet40_normal_resampled`` layout (labels = shape-names order)."""
 
-    def __init__(self, root: str | Path, split: str, opts: CloudOptions, suffix: str = "auto"):
+    def __init__(self, root: str | Path, split: str, opts: CloudOptions, suffix: str = "auto",
+                 allow_outside_root: bool = False):
         self.root = require_dir(root)
         require_split(split, ("train", "test"))
         hint = "expected the modelnet40_normal_resampled layout; see tools/prepare_modelnet40.py"
@@ -156,6 +180,8 @@ class ModelNet40(Dataset):
             if shape not in index:
                 raise ConfigError("root", f"modelnet40_{split}.txt line {line}: class `{shape}` of `{shape_id}` "
                                           "is not in modelnet40_shape_names.txt")
+            resolve_in_root(self.root, f"{shape}/{shape_id}", allow_outside=allow_outside_root, key="root",
+                            where=f"{self.root / f'modelnet40_{split}.txt'} line {line}")
             self.items.append((f"{shape}/{shape_id}", index[shape]))
         if suffix == "auto":
             first = self.root / self.items[0][0] if self.items else None
@@ -219,6 +245,28 @@ class ScanObjectNN(Dataset):
         return {"inputs": points, "label": label, "path": where}
 
 
+def read_taxonomy(path: Path) -> dict[str, list[str]]:
+    """synset id -> its names, from ShapeNet's ``taxonomy.json`` (a list of ``{synsetId, name}``)."""
+    try:
+        taxonomy = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError("root", f"{path}: unreadable JSON ({err})") from None
+    if not isinstance(taxonomy, list):
+        raise ConfigError("root", f"{path}: expected a list of {{synsetId, name}} entries, "
+                                  f"got {type(taxonomy).__name__}")
+    synonyms: dict[str, list[str]] = {}
+    for number, entry in enumerate(taxonomy, 1):
+        if not isinstance(entry, dict) or not isinstance(entry.get("synsetId"), str) \
+                or not isinstance(entry.get("name"), str):
+            raise ConfigError("root", f"{path}: entry {number} is not {{\"synsetId\": str, \"name\": str}} "
+                                      f"(got {json.dumps(entry)[:80]})")
+        names = [n.strip() for n in entry["name"].split(",") if n.strip()]
+        if not names:
+            raise ConfigError("root", f"{path}: entry {number} ({entry['synsetId']}) has an empty name")
+        synonyms[entry["synsetId"]] = names
+    return synonyms
+
+
 class ULIPShapeNet(Dataset):
     """ULIP ShapeNet-55 triplets: cloud + one rendered view + a templated synset-name caption.
 
@@ -231,17 +279,20 @@ class ULIPShapeNet(Dataset):
 
     def __init__(self, root: str | Path, split: str, opts: CloudOptions, image_transform: ImageTransform | None,
                  pc_dir: str = "shapenet_pc", image_dir: str = "rendered_images",
-                 image_types: Sequence[str] = ("", "_depth0001"), whole: bool = True, templates: str = "default"):
+                 image_types: Sequence[str] = ("", "_depth0001"), whole: bool = True, templates: str = "default",
+                 allow_outside_root: bool = False):
         self.root = require_dir(root)
         require_split(split, ("train", "test"))
         hint = "expected the ULIP shapenet-55 layout; see tools/prepare_ulip.py"
-        taxonomy = json.loads(require_file(self.root / "taxonomy.json", "root", hint).read_text())
-        self.synonyms = {
-            entry["synsetId"]: [n.strip() for n in entry["name"].split(",") if n.strip()] for entry in taxonomy
-        }
-        files = _read_lines(require_file(self.root / f"{split}.txt", "root", hint))
-        if split == "train" and whole:
-            files = _read_lines(require_file(self.root / "test.txt", "root", hint)) + files
+        self.synonyms = read_taxonomy(require_file(self.root / "taxonomy.json", "root", hint))
+        lists = [f"{split}.txt"] + (["test.txt"] if split == "train" and whole else [])
+        files: list[str] = []
+        for listed in reversed(lists):  # the test list first, as the reference concatenates them
+            list_path = require_file(self.root / listed, "root", hint)
+            for line, name in enumerate(_read_lines(list_path), 1):
+                resolve_in_root(self.root / pc_dir, name, allow_outside=allow_outside_root, key="root",
+                                where=f"{list_path} line {line}")
+                files.append(name)
         self.files = files
         if templates not in TEMPLATES:
             raise ConfigError("templates", f"unknown template set `{templates}` (known: {', '.join(TEMPLATES)})")
@@ -313,77 +364,121 @@ def _require_fields(entries: list[dict[str, Any]], names: Sequence[str], path: P
 
 
 def _read_openshape_npy(path: Path, opts: CloudOptions) -> np.ndarray:
-    """OpenShape's pickled ``{"xyz", "rgb", ...}`` dict (only loaded when trusted), or a plain array."""
+    """OpenShape's pickled ``{"xyz", "rgb", ...}`` dict (only called when trusted), or a plain array.
+
+    The file is sniffed first: only a file that really holds a pickle is unpickled, so a corrupt
+    or non-NumPy file gets `read_cloud`'s message, not an unpickling traceback.
+    """
     try:
-        obj = np.load(path, allow_pickle=True)
-    except (OSError, ValueError) as err:
-        raise SampleError(path, f"unreadable .npy ({err})") from None
-    if obj.dtype != object:
         return read_cloud(path, opts)
-    data = obj.item() if obj.shape == () else None
+    except PickledFileError:
+        pass
+    import pickle
+
+    data_bytes = read_regular_file(path)
+    try:
+        import io
+
+        obj = np.load(io.BytesIO(data_bytes), allow_pickle=True)
+        data = obj.item() if isinstance(obj, np.ndarray) and obj.shape == () else obj
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, TypeError) as err:
+        raise SampleError(path, f"unreadable pickled .npy ({type(err).__name__}: {err})") from None
     if not isinstance(data, dict) or "xyz" not in data:
         raise SampleError(path, "pickled object is not a dict with an `xyz` array")
-    xyz = np.asarray(data["xyz"], dtype=np.float64)
-    rgb = data.get("rgb")
-    if rgb is None or not opts.with_color:
+    try:
+        xyz = np.asarray(data["xyz"], dtype=np.float64)
+        rgb = data.get("rgb")
+        rgb = None if rgb is None or not opts.with_color else np.asarray(rgb, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise SampleError(path, f"`xyz` / `rgb` are not numeric arrays ({err})") from None
+    if rgb is None:
         return xyz
-    rgb = np.asarray(rgb, dtype=np.float64)
     if rgb.shape != xyz.shape:
         raise SampleError(path, f"`rgb` has shape {list(rgb.shape)}, `xyz` {list(xyz.shape)}")
     return np.concatenate([xyz, rgb / 255.0 if rgb.size and rgb.max() > 1.0 else rgb], axis=1)
+
+
+def _text_field(value: Any) -> str | None:
+    """A manifest's text value (a class name, a caption) if it is a non-empty string, else None.
+
+    JSON ``null`` and numbers are not text: ``str(None)`` would make the class or caption "None".
+    """
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _string_list(value: Any) -> list[str] | None:
+    """A string or a list of strings as a list (``texts`` and ``images`` take either), else None."""
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not all(_text_field(v) for v in values):
+        return None
+    return [v.strip() for v in values]
 
 
 class ObjaverseLVIS(Dataset):
     """Objaverse-LVIS zero-shot set: class names are the sorted categories (1156 in the release)."""
 
     def __init__(self, root: str | Path, split: str, opts: CloudOptions, annotation: str = "lvis.json",
-                 path_prefix: str = "/mnt/data/objaverse-processed", trust_pickle: bool = False):
+                 path_prefix: str = "/mnt/data/objaverse-processed", trust_pickle: bool = False,
+                 allow_outside_root: bool = False):
         self.root = require_dir(root)
         require_split(split, SPLITS)
         self.annotation = self.root / annotation
         entries = _read_manifest(self.annotation, "annotation")
         _require_fields(entries, ("category", "data_path"), self.annotation, "annotation")
-        self.class_names = sorted({str(e["category"]) for e in entries})
+        categories = []
+        paths = []
+        for number, entry in enumerate(entries, 1):
+            where = f"{self.annotation} entry {number}"
+            category = _text_field(entry["category"])
+            if category is None:
+                raise ConfigError("annotation", f"{where}: `category` is {entry['category']!r}, not a class name")
+            categories.append(category)
+            paths.append(self._resolve(entry["data_path"], path_prefix, allow_outside_root, where))
+        self.class_names = sorted(set(categories))
         index = {name: i for i, name in enumerate(self.class_names)}
-        self.items = [(self._resolve(str(e["data_path"]), path_prefix), index[str(e["category"])]) for e in entries]
+        self.items = [(path, index[category]) for path, category in zip(paths, categories)]
         self.trust_pickle = trust_pickle
         self.opts = opts
         self.train = split == "train"
 
-    def _resolve(self, data_path: str, prefix: str) -> Path:
-        if prefix and data_path.startswith(prefix):
+    def _resolve(self, data_path: Any, prefix: str, allow_outside: bool, where: str) -> Path:
+        if isinstance(data_path, str) and prefix and data_path.startswith(prefix.rstrip("/") + "/"):
             data_path = data_path[len(prefix):].lstrip("/")
-        return self.root / data_path
+        return resolve_in_root(self.root, data_path, allow_outside=allow_outside, where=where, key="annotation")
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path, label = self.items[index]
-        if self.trust_pickle and path.suffix == ".npy" and path.is_file():
+        if self.trust_pickle and path.suffix == ".npy":
             raw = _read_openshape_npy(path, self.opts)
         else:
             try:
                 raw = read_cloud(path, self.opts)
-            except SampleError as err:
-                if "allow_pickle" not in err.problem:
-                    raise
+            except PickledFileError:
                 raise SampleError(path, "holds a pickled object (OpenShape's {xyz, rgb} dict?); set "
                                         "trust_pickle: true if you trust the file") from None
         return {"inputs": self.opts.finish(raw, str(path), self.train), "label": label, "path": str(path)}
 
 
 class ObjaverseTriplets(Dataset):
-    """(cloud, rendered images, captions) triplets from a manifest; one image and caption per access."""
+    """(cloud, rendered images, captions) triplets from a manifest; one image and caption per access.
+
+    ``texts`` and ``images`` are a string or a list of strings; paths are relative to the root
+    (``allow_outside_root`` lets them be absolute or climb out). A bad entry is a `SampleError`
+    naming the manifest and the entry, so the skip policy counts it.
+    """
 
     def __init__(self, root: str | Path, split: str, opts: CloudOptions, image_transform: ImageTransform | None,
-                 manifest: str = "triplets.jsonl"):
+                 manifest: str = "triplets.jsonl", allow_outside_root: bool = False):
         self.root = require_dir(root)
         require_split(split, SPLITS)
         self.manifest = self.root / manifest
         self.entries = _read_manifest(self.manifest, "manifest")
         _require_fields(self.entries, ("pc", "texts"), self.manifest, "manifest")
         self.image_transform = image_transform
+        self.allow_outside_root = allow_outside_root
         self.opts = opts
         self.train = split == "train"
 
@@ -392,27 +487,33 @@ class ObjaverseTriplets(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         entry = self.entries[index]
-        path = self.root / entry["pc"]
-        points = self.opts.finish(read_cloud(path, self.opts), str(path), self.train)
-        texts = entry["texts"] if isinstance(entry["texts"], list) else [entry["texts"]]
+        where = f"{self.manifest} entry {index + 1}"
+        path = resolve_in_root(self.root, entry["pc"], allow_outside=self.allow_outside_root, where=where)
+        texts = _string_list(entry["texts"])
         if not texts:
-            raise SampleError(self.manifest, f"entry {index} ({entry['pc']}) has no caption")
-        sample = {"inputs": points, "text": str(texts[np.random.randint(len(texts))]), "path": str(path)}
-        images = entry.get("images") or []
-        if self.image_transform is not None and images:
-            key = str(images[np.random.randint(len(images))])
-            sample["image"] = load_image(self.root / key, self.image_transform)
+            raise SampleError(where, f"`texts` is {entry['texts']!r}; expected a caption or a list of captions")
+        images = entry.get("images")
+        image_keys = [] if images is None else _string_list(images)
+        if image_keys is None:
+            raise SampleError(where, f"`images` is {images!r}; expected an image path or a list of them")
+        points = self.opts.finish(read_cloud(path, self.opts), str(path), self.train)
+        sample = {"inputs": points, "text": texts[np.random.randint(len(texts))], "path": str(path)}
+        if self.image_transform is not None and image_keys:
+            key = image_keys[np.random.randint(len(image_keys))]
+            image_path = resolve_in_root(self.root, key, allow_outside=self.allow_outside_root, where=where)
+            sample["image"] = load_image(image_path, self.image_transform)
             sample["image_key"] = key
         return sample
 
 
 _CLOUD_KEYS = {f.name for f in fields(CloudOptions)}
 DATASETS: dict[str, tuple[type, frozenset[str]]] = {
-    "modelnet40": (ModelNet40, frozenset({"suffix"})),
+    "modelnet40": (ModelNet40, frozenset({"suffix", ALLOW_KEY})),
     "scanobjectnn": (ScanObjectNN, frozenset({"variant", "file"})),
-    "ulip_shapenet": (ULIPShapeNet, frozenset({"pc_dir", "image_dir", "image_types", "whole", "templates"})),
-    "objaverse_lvis": (ObjaverseLVIS, frozenset({"annotation", "path_prefix", "trust_pickle"})),
-    "objaverse_triplets": (ObjaverseTriplets, frozenset({"manifest"})),
+    "ulip_shapenet": (ULIPShapeNet, frozenset({"pc_dir", "image_dir", "image_types", "whole", "templates",
+                                               ALLOW_KEY})),
+    "objaverse_lvis": (ObjaverseLVIS, frozenset({"annotation", "path_prefix", "trust_pickle", ALLOW_KEY})),
+    "objaverse_triplets": (ObjaverseTriplets, frozenset({"manifest", ALLOW_KEY})),
 }
 _WITH_IMAGES = (ULIPShapeNet, ObjaverseTriplets)
 

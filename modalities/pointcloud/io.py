@@ -28,10 +28,15 @@ Formats (by suffix, case-insensitive):
 from __future__ import annotations
 
 import io as _io
+import math
+import os
 import re
+import stat
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import IO, Callable, Sequence
 
 import numpy as np
 
@@ -45,12 +50,21 @@ class _FormatError(Exception):
     """A parser's complaint about the file's content; `read_point_cloud` adds the path."""
 
 
-class _Shape:
-    """What a parser found: vertices [V, 3 or 6] (float64, colour in [0, 1]) and triangles or None."""
+class _PickledError(_FormatError):
+    """The file holds a pickled object, which is never loaded here."""
 
-    def __init__(self, vertices: np.ndarray, faces: np.ndarray | None = None):
-        self.vertices = vertices
+
+class _Shape:
+    """What a parser found: xyz [V, 3], triangles [F, 3] or None, and the raw colour [V, 3] or None.
+
+    Colour stays raw (as stored) until the caller asks for it: a file whose extra columns are
+    not colour (normals) is only wrong when colour is requested.
+    """
+
+    def __init__(self, xyz: np.ndarray, faces: np.ndarray | None = None, colour: np.ndarray | None = None):
+        self.xyz = xyz
         self.faces = faces
+        self.colour = colour
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,13 +84,6 @@ def _unit_colour(colour: np.ndarray) -> np.ndarray:
             f"colour values outside [0, 255] (range {np.nanmin(colour):g} to {np.nanmax(colour):g})"
         )
     return colour
-
-
-def _with_colour(xyz: np.ndarray, colour: np.ndarray | None) -> np.ndarray:
-    xyz = np.asarray(xyz, dtype=np.float64)
-    if colour is None:
-        return xyz
-    return np.concatenate([xyz, _unit_colour(np.asarray(colour))], axis=1)
 
 
 def _triangulate(polygons: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
@@ -162,7 +169,11 @@ def _parse_ply_header(data: bytes) -> tuple[str, list[tuple[str, int, list[tuple
         if tokens[0] == "format":
             fmt = tokens[1]
         elif tokens[0] == "element":
-            elements.append((tokens[1], int(tokens[2]), []))
+            count = int(tokens[2])
+            if count < 0:
+                # np.frombuffer reads "all that is left" for a count of -1: trailing bytes as points
+                raise _FormatError(f"PLY element '{tokens[1]}' declares {count} items (a count must be >= 0)")
+            elements.append((tokens[1], count, []))
         elif tokens[0] == "property" and elements:
             if tokens[1] == "list":
                 elements[-1][2].append(("list", tokens[4], _ply_type(tokens[2]), _ply_type(tokens[3])))
@@ -189,6 +200,11 @@ def _ply_ascii(body: bytes, elements: list) -> dict[str, object]:
             out[name] = {p[1]: values[:, i] for i, p in enumerate(props)}
         elif name == "face" and props[0][0] == "list" and props[0][1] in _PLY_FACE_LISTS:
             out[name] = _faces_from_lines(rows, "PLY") if rows else np.zeros((0, 3), np.int64)
+    if len(lines) > pos:
+        raise _FormatError(
+            f"ascii PLY has {len(lines) - pos} lines after its last element '{elements[-1][0] if elements else ''}': "
+            "the header's element counts are below the data"
+        )
     return out
 
 
@@ -254,6 +270,11 @@ def _ply_binary(body: bytes, elements: list, endian: str) -> dict[str, object]:
             polys, offset = _ply_binary_list_element(body, offset, count, props, endian, name)
             if name == "face" and polys is not None:
                 out[name] = _triangulate(polys)
+    if offset < len(body):
+        raise _FormatError(
+            f"binary PLY has {len(body) - offset} bytes after its last element "
+            f"'{elements[-1][0] if elements else ''}': the header's element counts are below the data"
+        )
     return out
 
 
@@ -272,7 +293,7 @@ def _read_ply(data: bytes) -> _Shape:
     if {"red", "green", "blue"} <= set(vertex):
         colour = np.stack([vertex["red"], vertex["green"], vertex["blue"]], axis=1)
     faces = parsed.get("face")
-    return _Shape(_with_colour(xyz, colour), faces if isinstance(faces, np.ndarray) else None)
+    return _Shape(xyz, faces if isinstance(faces, np.ndarray) else None, colour)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,6 +321,15 @@ def _read_pcd(data: bytes) -> _Shape:
         num = int(header["POINTS"][0]) if "POINTS" in header else int(header["WIDTH"][0]) * int(
             header["HEIGHT"][0]
         )
+        lengths = {"FIELDS": len(fields), "SIZE": len(sizes), "TYPE": len(kinds), "COUNT": len(counts)}
+        if len(set(lengths.values())) > 1:
+            # zip() would silently drop the extra fields and misread every record
+            raise _FormatError(
+                "PCD header lists " + ", ".join(f"{n} {k}" for k, n in lengths.items())
+                + " entries; each field needs one SIZE, TYPE and COUNT"
+            )
+        if num < 0 or min(counts, default=1) < 1 or min(sizes, default=1) < 1:
+            raise _FormatError(f"PCD header declares {num} points, SIZE {sizes}, COUNT {counts}: must be positive")
         dtype = np.dtype(
             [
                 ((f if f != "_" else f"_pad{i}"), "<" + _PCD_KINDS[k] + str(s), (c,) if c > 1 else ())
@@ -340,14 +370,14 @@ def _read_pcd(data: bytes) -> _Shape:
         colour = np.stack([(bits >> 16) & 255, (bits >> 8) & 255, bits & 255], axis=1).astype(np.uint8)
     elif {"r", "g", "b"} <= names:
         colour = np.stack([arr["r"], arr["g"], arr["b"]], axis=1)
-    return _Shape(_with_colour(xyz, colour))
+    return _Shape(xyz, None, colour)
 
 
 # ---------------------------------------------------------------------------------------------
 # text clouds, OBJ, OFF, STL
 
 
-def _read_text_cloud(data: bytes, with_color: bool) -> _Shape:
+def _read_text_cloud(data: bytes) -> _Shape:
     text = _text(data).replace(",", " ")
     try:
         with warnings.catch_warnings():  # an empty cloud is reported by the caller
@@ -360,13 +390,8 @@ def _read_text_cloud(data: bytes, with_color: bool) -> _Shape:
     if values.shape[1] == 3:
         return _Shape(values)
     if values.shape[1] == 6:
-        if not with_color:
-            return _Shape(values[:, :3])
-        if values[:, 3:].min() < 0:
-            raise _FormatError(
-                "columns 4-6 hold negative values, so they are normals, not the rgb asked for"
-            )
-        return _Shape(_with_colour(values[:, :3], values[:, 3:]))
+        # normals (ModelNet40) or rgb: only `with_color` makes them colour (checked by the caller)
+        return _Shape(values[:, :3], None, values[:, 3:])
     raise _FormatError(
         f"expected 3 (xyz) or 6 (xyz + normals or rgb) columns, got {values.shape[1]}"
     )
@@ -395,8 +420,7 @@ def _read_obj(data: bytes) -> _Shape:
         values = np.array([v[:columns] for v in vertices], dtype=np.float64)
     except ValueError as err:
         raise _FormatError(f"unreadable OBJ vertex line ({err})") from None
-    shape = _with_colour(values[:, :3], values[:, 3:] if coloured else None)
-    return _Shape(shape, _triangulate(polygons) if polygons else None)
+    return _Shape(values[:, :3], _triangulate(polygons) if polygons else None, values[:, 3:] if coloured else None)
 
 
 def _read_off(data: bytes) -> _Shape:
@@ -465,36 +489,113 @@ def _points_array(arr: np.ndarray, what: str) -> np.ndarray:
     return arr
 
 
-def _read_npy(data: bytes) -> _Shape:
+_NPY_MAGIC = b"\x93NUMPY"
+_PICKLE_START = b"\x80"  # pickle protocols 2 and later begin with the PROTO opcode
+
+
+def _npy_header(stream: IO[bytes], what: str, limit: int) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and data size of the .npy array at ``stream``, read from its header alone.
+
+    Nothing is allocated from the header's claims before they are checked: the data must fit
+    in ``limit`` bytes (a few-kB file can declare a shape of terabytes).
+    """
+    start = stream.read(len(_NPY_MAGIC))
+    if start != _NPY_MAGIC:
+        if start.startswith(_PICKLE_START):
+            raise _PickledError(f"{what} holds a pickled object, which is never loaded (not a NumPy array)")
+        raise _FormatError(f"{what} is not a NumPy .npy array (no \\x93NUMPY magic; starts with {start!r})")
     try:
-        arr = np.load(_io.BytesIO(data), allow_pickle=False)
-    except ValueError as err:
+        version = tuple(stream.read(2))
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except (ValueError, SyntaxError, OSError, EOFError) as err:
+        raise _FormatError(f"{what} has an unreadable .npy header ({err})") from None
+    if dtype.hasobject:
+        raise _PickledError(f"{what} holds pickled objects (dtype {dtype}), which are never loaded")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > limit:
+        raise _FormatError(
+            f"{what} declares shape {list(shape)} of {dtype} ({nbytes} bytes), more than the "
+            f"{limit}-byte limit (max_bytes)"
+        )
+    return shape, dtype, nbytes
+
+
+def _points_array(arr: np.ndarray, what: str) -> np.ndarray:
+    if arr.dtype.kind not in "fiu":
+        raise _FormatError(f"{what} has dtype {arr.dtype}, not a numeric array")
+    if arr.ndim != 2 or arr.shape[1] not in (3, 6):
+        raise _FormatError(
+            f"{what} has shape {list(arr.shape)}; expected [N, 3] (xyz) or [N, 6] (xyz + rgb)"
+        )
+    return arr
+
+
+def _read_npy(data: bytes, limit: int) -> _Shape:
+    stream = _io.BytesIO(data)
+    shape, _, nbytes = _npy_header(stream, "the file", limit)
+    if nbytes > len(data) - stream.tell():
+        raise _FormatError(
+            f"truncated .npy: header declares shape {list(shape)} ({nbytes} bytes), "
+            f"{len(data) - stream.tell()} bytes follow"
+        )
+    stream.seek(0)
+    try:
+        arr = np.lib.format.read_array(stream, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
         raise _FormatError(f"unreadable .npy ({err})") from None
     arr = _points_array(arr, "array")
-    return _Shape(_with_colour(arr[:, :3], arr[:, 3:] if arr.shape[1] == 6 else None))
+    return _Shape(arr[:, :3], None, arr[:, 3:] if arr.shape[1] == 6 else None)
 
 
-def _read_npz(data: bytes) -> _Shape:
+def _npz_member(archive: zipfile.ZipFile, name: str, key: str, limit: int) -> np.ndarray:
+    """One array of an .npz, its size checked from the zip directory and the .npy header first."""
+    what = f"array '{key}'"
+    info = archive.getinfo(name)
+    if info.file_size > limit + 65536:  # the declared size; zipfile never inflates past it
+        raise _FormatError(
+            f"{what} inflates to {info.file_size} bytes ({info.compress_size} compressed), more than "
+            f"the {limit}-byte limit (max_bytes)"
+        )
     try:
-        archive = np.load(_io.BytesIO(data), allow_pickle=False)
-        key = next((k for k in NPZ_POINT_KEYS if k in archive.files), None)
+        with archive.open(name) as stream:
+            shape, _, nbytes = _npy_header(stream, what, limit)
+        if nbytes > info.file_size:
+            raise _FormatError(f"{what} is truncated: header declares shape {list(shape)}, "
+                               f"the member holds {info.file_size} bytes")
+        with archive.open(name) as stream:
+            return np.lib.format.read_array(stream, allow_pickle=False)
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, NotImplementedError) as err:
+        raise _FormatError(f"unreadable .npz member '{name}' ({type(err).__name__}: {err})") from None
+
+
+def _read_npz(data: bytes, limit: int) -> _Shape:
+    try:
+        archive = zipfile.ZipFile(_io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError, OSError) as err:
+        raise _FormatError(f"not a valid .npz (zip) archive ({err})") from None
+    with archive:
+        members = {n.removesuffix(".npy"): n for n in archive.namelist()}
+        key = next((k for k in NPZ_POINT_KEYS if k in members), None)
         if key is None:
             raise _FormatError(
-                f"no point array under {', '.join(NPZ_POINT_KEYS)} (keys: {', '.join(archive.files)})"
+                f"no point array under {', '.join(NPZ_POINT_KEYS)} (keys: {', '.join(members)})"
             )
-        arr = _points_array(archive[key], f"array '{key}'")
+        arr = _points_array(_npz_member(archive, members[key], key, limit), f"array '{key}'")
         colour = arr[:, 3:] if arr.shape[1] == 6 else None
-        colour_key = next((k for k in NPZ_COLOUR_KEYS if k in archive.files), None)
+        colour_key = next((k for k in NPZ_COLOUR_KEYS if k in members), None)
         if colour is None and colour_key is not None:
-            colour = archive[colour_key]
+            colour = _npz_member(archive, members[colour_key], colour_key, limit)
             if colour.shape != (arr.shape[0], 3):
                 raise _FormatError(
                     f"colour array '{colour_key}' has shape {list(colour.shape)}, "
                     f"expected [{arr.shape[0]}, 3]"
                 )
-    except ValueError as err:
-        raise _FormatError(f"unreadable .npz ({err})") from None
-    return _Shape(_with_colour(arr[:, :3], colour))
+    return _Shape(arr[:, :3], None, colour)
 
 
 _READERS: dict[str, Callable[..., _Shape]] = {
@@ -554,6 +655,66 @@ def _resample(points: np.ndarray, num_points: int, rng: np.random.Generator) -> 
     return np.concatenate([points, points[extra]])
 
 
+#: Largest file, and largest array a file may declare, that is read (1 GiB): a header or a
+#: compressed member can claim any size, and the claim is checked before anything is allocated.
+MAX_BYTES = 1 << 30
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def read_regular_file(path: Path, max_bytes: int = MAX_BYTES) -> bytes:
+    """The bytes of ``path``, refusing anything but a regular file of at most ``max_bytes``.
+
+    The file is opened non-blocking and checked with fstat on the open descriptor: opening a
+    FIFO named ``cloud.txt`` for reading would otherwise wait for a writer forever, and checking
+    the name first would leave a window to swap the file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise SampleError(path, "file not found") from None
+    except OSError as err:
+        raise SampleError(path, f"cannot open the file ({err.strerror})") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise SampleError(path, "is a directory, not a point-cloud file")
+        if not stat.S_ISREG(info.st_mode):
+            raise SampleError(path, "not a regular file (a FIFO, socket or device); refusing to read it")
+        if info.st_size > max_bytes:
+            raise SampleError(path, f"{info.st_size} bytes, more than the {max_bytes}-byte limit (max_bytes)")
+        try:
+            return handle.read(max_bytes + 1)
+        except OSError as err:
+            raise SampleError(path, f"cannot read the file ({err.strerror})") from None
+
+
+def coordinate_problem(xyz: np.ndarray, kind: str = "points") -> str | None:
+    """Why coordinates [N, 3] cannot become a float32 cloud (NaN, inf, beyond float32), or None.
+
+    Checked on the values as read (often float64), before the cast: 1e300 is finite in float64
+    and becomes inf in float32.
+    """
+    xyz = np.asarray(xyz)
+    finite = np.isfinite(xyz).all(axis=1)
+    if not finite.all():
+        return f"{int((~finite).sum())} of {len(xyz)} {kind} have NaN or inf coordinates"
+    if xyz.dtype.itemsize > 4 or xyz.dtype.kind in "iu":
+        beyond = (np.abs(xyz) > _FLOAT32_MAX).any(axis=1)
+        if beyond.any():
+            worst = float(np.abs(xyz).max())
+            return (f"{int(beyond.sum())} of {len(xyz)} {kind} have coordinates beyond float32's range "
+                    f"(largest magnitude {worst:.3g} > {_FLOAT32_MAX:.3g})")
+    return None
+
+
+def _colour_of(shape: _Shape) -> np.ndarray:
+    """The shape's colour in [0, 1]; extra columns that go negative are normals, not rgb."""
+    colour = shape.colour
+    if colour.size and colour.dtype.kind == "f" and np.nanmin(colour) < 0:
+        raise _FormatError("columns 4-6 hold negative values, so they are normals, not the rgb asked for")
+    return _unit_colour(colour)
+
+
 def read_point_cloud(
     path: str | Path,
     num_points: int | None = None,
@@ -562,6 +723,7 @@ def read_point_cloud(
     *,
     allow_repeats: bool = True,
     default_color: float | None = None,
+    max_bytes: int = MAX_BYTES,
 ) -> np.ndarray:
     """Read one cloud as float32 [N, 3] (xyz) or, with ``with_color``, [N, 6] (xyz + rgb in [0, 1]).
 
@@ -570,46 +732,49 @@ def read_point_cloud(
     (sampling with replacement), unless ``allow_repeats=False``, which makes that a SampleError.
     Without ``num_points`` a cloud is returned whole. ``default_color`` (a grey level in [0, 1])
     fills the colour of files that have none when ``with_color`` is set; otherwise that is an error.
-    Randomness comes from ``generator`` (a numpy Generator).
+    Extra columns (colour or normals) are only read as colour, and only checked, with
+    ``with_color``. Files larger than ``max_bytes``, and arrays declared larger, are refused
+    before they are read. Randomness comes from ``generator`` (a numpy Generator).
     """
     path = Path(path)
     if num_points is not None and num_points < 1:
         raise ValueError(f"num_points must be positive, got {num_points}")
-    if not path.exists():
-        raise SampleError(path, "file not found")
-    if path.is_dir():
-        raise SampleError(path, "is a directory, not a point-cloud file")
     suffix = path.suffix.lower()
     if suffix not in _READERS:
+        if path.is_dir():
+            raise SampleError(path, "is a directory, not a point-cloud file")
+        if not path.exists():
+            raise SampleError(path, "file not found")
         raise SampleError(path, f"unknown suffix '{path.suffix}' (known: {', '.join(SUFFIXES)})")
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise SampleError(path, f"cannot read the file ({err.strerror})") from None
+    data = read_regular_file(path, max_bytes)
     if not data:
         raise SampleError(path, "empty file (0 bytes)")
     try:
-        if suffix in (".xyz", ".txt"):
-            shape = _read_text_cloud(data, with_color)
+        if suffix in (".npy", ".npz"):
+            shape = _READERS[suffix](data, max_bytes)
         else:
             shape = _READERS[suffix](data)
+        colour = _colour_of(shape) if with_color and shape.colour is not None else None
+    except _PickledError as err:
+        raise PickledFileError(path, str(err)) from None
     except _FormatError as err:
         raise SampleError(path, str(err)) from None
     except (ValueError, IndexError, TypeError) as err:
         raise SampleError(path, f"unreadable {suffix} file ({err})") from None
-    vertices, faces = shape.vertices, shape.faces
+    faces = shape.faces
     kind = "vertices" if faces is not None else "points"
-    if len(vertices) == 0:
+    if len(shape.xyz) == 0:
         raise SampleError(path, f"no {kind}: the file holds an empty cloud")
-    bad = int((~np.isfinite(vertices[:, :3]).all(axis=1)).sum())
-    if bad:
-        raise SampleError(path, f"{bad} of {len(vertices)} {kind} have NaN or inf coordinates")
-    if with_color and vertices.shape[1] == 3:
-        if default_color is None:
-            raise SampleError(path, "no colour (rgb) in the file, and with_color=True")
-        vertices = np.concatenate([vertices, np.full_like(vertices, default_color)], axis=1)
-    if not with_color:
-        vertices = vertices[:, :3]
+    problem = coordinate_problem(shape.xyz, kind)
+    if problem:
+        raise SampleError(path, problem)
+    vertices = np.asarray(shape.xyz, dtype=np.float64)
+    if with_color:
+        if colour is None:
+            if default_color is None:
+                raise SampleError(path, "no colour (rgb) in the file, and with_color=True")
+            colour = np.full_like(vertices, default_color)
+        vertices = np.concatenate([vertices, colour], axis=1)
     rng = generator if generator is not None else np.random.default_rng()
 
     if faces is not None:
@@ -640,16 +805,26 @@ def read_point_cloud(
     return points.astype(np.float32)
 
 
+class PickledFileError(SampleError):
+    """The file holds a pickled object (OpenShape's ``{xyz, rgb}`` dicts); it was not loaded."""
+
+
 def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
     """Centre xyz on its centroid and scale it so the farthest point has norm 1; colour is kept.
 
-    ``points`` is [N, 3] or [N, 3 + C]; raises ValueError when all points coincide.
+    ``points`` is [N, 3] or [N, 3 + C]. The arithmetic is float64 whatever the input: in float32
+    a coordinate near 3e38 makes the squared radius inf, which would collapse the cloud to the
+    origin. Raises ValueError when all points coincide or the scale is not finite.
     """
-    xyz = points[:, :3] - points[:, :3].mean(axis=0)
-    radius = np.sqrt((xyz**2).sum(axis=1)).max()
+    xyz = np.asarray(points[:, :3], dtype=np.float64)
+    xyz = xyz - xyz.mean(axis=0)
+    radius = float(np.sqrt((xyz**2).sum(axis=1)).max()) if len(xyz) else 0.0
+    if not math.isfinite(radius):
+        raise ValueError(f"cannot normalise: the radius is {radius} (coordinates out of range)")
     if not radius > 0:
         raise ValueError("cannot normalise: all points coincide")
-    return np.concatenate([xyz / radius, points[:, 3:]], axis=1).astype(points.dtype, copy=False)
+    out = np.concatenate([xyz / radius, np.asarray(points[:, 3:], dtype=np.float64)], axis=1)
+    return out.astype(points.dtype, copy=False)
 
 
 def read_h5_split(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
