@@ -19,7 +19,12 @@ from omniclip.model import load_lens_model
 from omniclip.modalities.pointcloud.lens_configs import PUBLISHED
 from omniclip.trunk import ViTTrunk
 from tests.reference import mapped_shapes, perceiver_reference_keys, reference_perceiver, vitlens_three_tower_keys
-from tests.modalities.pointcloud.test_tokenizers import pnsa_reference_keys, pointbert_reference_keys, random_state
+from tests.modalities.pointcloud.test_tokenizers import (
+    pnsa_reference,
+    pnsa_reference_keys,
+    pointbert_reference_keys,
+    random_state,
+)
 
 
 def clip_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -140,6 +145,39 @@ def reference_clip_head(latents: torch.Tensor, visual: torch.nn.Module) -> torch
     return F.normalize(visual.ln_post(x[:, 0]) @ visual.proj, dim=-1)
 
 
+def reference_block(x: torch.Tensor, s: dict[str, torch.Tensor], prefix: str, heads: int) -> torch.Tensor:
+    """open_clip's pre-norm residual block (MHA + GELU MLP) by explicit ops from raw tensors."""
+    def ln(t, name):
+        return F.layer_norm(t, t.shape[-1:], s[f"{prefix}.{name}.weight"], s[f"{prefix}.{name}.bias"])
+
+    width = x.shape[-1]
+    qkv = ln(x, "ln_1") @ s[f"{prefix}.attn.in_proj_weight"].T + s[f"{prefix}.attn.in_proj_bias"]
+    q, k, v = qkv.split(width, dim=-1)
+    dim_head = width // heads
+    outs = []
+    for h in range(heads):
+        sl = slice(h * dim_head, (h + 1) * dim_head)
+        weights = torch.softmax(q[..., sl] @ k[..., sl].transpose(-1, -2) / dim_head ** 0.5, dim=-1)
+        outs.append(weights @ v[..., sl])
+    x = x + torch.cat(outs, -1) @ s[f"{prefix}.attn.out_proj.weight"].T + s[f"{prefix}.attn.out_proj.bias"]
+    hidden = ln(x, "ln_2") @ s[f"{prefix}.mlp.c_fc.weight"].T + s[f"{prefix}.mlp.c_fc.bias"]
+    hidden = 0.5 * hidden * (1 + torch.erf(hidden / 2 ** 0.5))
+    return x + hidden @ s[f"{prefix}.mlp.c_proj.weight"].T + s[f"{prefix}.mlp.c_proj.bias"]
+
+
+def reference_skipped_trunk(latents: torch.Tensor, ckpt: dict[str, torch.Tensor], clip: dict[str, torch.Tensor],
+                            heads: int) -> torch.Tensor:
+    """The bigG-style trunk of the test checkpoint: class token and block 0 from the OpenShape
+    checkpoint (``backbone.*``), positions / ln_pre / ln_post / proj from the CLIP state."""
+    def ln(t, name):
+        return F.layer_norm(t, t.shape[-1:], clip[f"visual.{name}.weight"], clip[f"visual.{name}.bias"])
+
+    cls = ckpt["backbone.class_embedding"].expand(latents.shape[0], 1, -1)
+    x = ln(torch.cat([cls, latents], 1) + clip["visual.positional_embedding"], "ln_pre")
+    x = reference_block(x, ckpt, "backbone.transformer.resblocks.0", heads)
+    return F.normalize(ln(x[:, 0], "ln_post") @ clip["visual.proj"], dim=-1)
+
+
 def test_convert_cli_writes_a_lens_export_whose_forward_matches_the_raw_tensors(tmp_path, tiny_backbone, capsys):
     ckpt = small_vitlens_checkpoint(tiny_backbone.model)
     src = tmp_path / "Datacomp_L14_ShapeNet.pt"
@@ -205,8 +243,25 @@ def test_bigg_converter_imports_unlocked_blocks_and_class_token(tmp_path, tiny_b
     torch.testing.assert_close(trunk.positional_embedding, clip["visual.positional_embedding"])
     torch.testing.assert_close(model.tokenizer.sa.mlp_convs[1].weight.detach(), tok["sa.mlp_convs.1.weight"])
     points = torch.cat([torch.randn(2, 30, 3, generator=gen), torch.rand(2, 30, 3, generator=gen)], -1)
+    raw_tok = {k[len("backbone.visual_adapter."):]: v for k, v in state.items()
+               if k.startswith("backbone.visual_adapter.")}
+    raw_lens = {k[len("backbone.perceiver."):]: v for k, v in state.items() if k.startswith("backbone.perceiver.")}
     with torch.no_grad():
-        assert torch.isfinite(model.encode(points)).all()
+        got = model.encode(points)
+        # Every stage from the raw checkpoint tensors by explicit ops: the PointNet++ tokenizer
+        # (FPS from point 0, ball query radius 0.8), the Perceiver, then the trunk with the
+        # checkpoint's class token and block and the CLIP's own positions, ln_pre, ln_post, proj.
+        tokens = pnsa_reference(points, raw_tok, 8, 6, 0.8, 3)
+        torch.testing.assert_close(model.tokenizer(points), tokens, rtol=1e-4, atol=1e-4)
+        latents = reference_perceiver(raw_lens, tokens, SMALL_LENS)
+        torch.testing.assert_close(model.lens(tokens), latents, rtol=1e-4, atol=1e-4)
+        expected = reference_skipped_trunk(latents, state, clip, heads=2)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    # the trained block matters: the frozen CLIP block in its place gives another embedding
+    with torch.no_grad():
+        frozen = {**state, **{f"backbone.transformer.resblocks.0.{k[len('visual.transformer.resblocks.1.'):]}": v
+                              for k, v in clip.items() if k.startswith("visual.transformer.resblocks.1.")}}
+        assert (reference_skipped_trunk(latents, frozen, clip, heads=2) - got).abs().max() > 1e-2
 
 
 def test_converters_are_listed(capsys):
