@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from omniclip.modalities.audio.datasets import esc50_class_names
+from omniclip.paths import archive_target
 
 DOWNLOAD = "download https://github.com/karolpiczak/ESC-50/archive/master.zip (ESC-50-master.zip, 600 MB)"
 
@@ -33,7 +34,7 @@ def _copy_from_zip(archive_path: Path, out: Path) -> None:
             rel = PurePosixPath(member[len(prefix):]) if member.startswith(prefix) else None
             if rel is None or rel.parts[0] not in ("audio", "meta"):
                 continue
-            target = out / rel
+            target = archive_target(out, member[len(prefix):])  # refuses `audio/../../x` (zip slip)
             target.parent.mkdir(parents=True, exist_ok=True)
             with archive.open(member) as src, target.open("wb") as dst:
                 shutil.copyfileobj(src, dst)

@@ -22,6 +22,8 @@ import sys
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from omniclip.paths import archive_target
+
 DOWNLOAD = (
     "download one of:\n"
     "  https://shapenet.cs.stanford.edu/media/modelnet40_normal_resampled.zip  (resampled, 1.6 GB)\n"
@@ -34,7 +36,9 @@ def _members(archive: zipfile.ZipFile) -> list[str]:
     return [m for m in archive.namelist() if not m.endswith("/") and "__MACOSX" not in m]
 
 
-def _extract(archive: zipfile.ZipFile, member: str, target: Path) -> None:
+def _extract(archive: zipfile.ZipFile, member: str, out: Path, relative: str) -> None:
+    """Write ``member`` to ``out/relative``; a ``relative`` that leaves ``out`` is refused (zip slip)."""
+    target = archive_target(out, relative)
     target.parent.mkdir(parents=True, exist_ok=True)
     with archive.open(member) as src, target.open("wb") as dst:
         shutil.copyfileobj(src, dst)
@@ -52,7 +56,7 @@ def prepare(archive_path: Path, out: Path) -> dict[str, int]:
             prefix = "" if prefix == "." else prefix + "/"
             for member in members:
                 if member.startswith(prefix):
-                    _extract(archive, member, out / member[len(prefix):])
+                    _extract(archive, member, out, member[len(prefix):])
         else:
             shapes = [(m, _PRINCETON.match(m)) for m in members]
             shapes = [(m, found) for m, found in shapes if found]
@@ -62,7 +66,7 @@ def prepare(archive_path: Path, out: Path) -> dict[str, int]:
             splits: dict[str, list[str]] = {"train": [], "test": []}
             for member, found in shapes:
                 cls, split, shape_id = found.groups()
-                _extract(archive, member, out / cls / f"{shape_id}.off")
+                _extract(archive, member, out, f"{cls}/{shape_id}.off")
                 splits[split].append(shape_id)
             classes = sorted({found.group(1) for _, found in shapes})
             (out / "modelnet40_shape_names.txt").write_text("\n".join(classes) + "\n")

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import h5py
 
+from omniclip.paths import archive_target
+
 DOWNLOAD = "request and download h5_files.zip from https://hkust-vgd.github.io/scanobjectnn/"
 _H5 = re.compile(r"(?:.*/)?([^/]+)/((?:training|test)_[^/]+\.h5)$")
 
@@ -33,7 +35,7 @@ def prepare(archive_path: Path, out: Path) -> dict[str, int]:
             found = _H5.match(member)
             if found is None or "__MACOSX" in member:
                 continue
-            target = out / found.group(1) / found.group(2)
+            target = archive_target(out, f"{found.group(1)}/{found.group(2)}")  # refuses `../` (zip slip)
             target.parent.mkdir(parents=True, exist_ok=True)
             with archive.open(member) as src, target.open("wb") as dst:
                 shutil.copyfileobj(src, dst)

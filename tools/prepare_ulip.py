@@ -25,6 +25,8 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Iterator
 
+from omniclip.paths import archive_target
+
 DOWNLOAD = ("download the ULIP ShapeNet55 triplets (point clouds, rendered images, split lists) as described "
             "at https://github.com/salesforce/ULIP#download-datasets; taxonomy.json is in ViT-Lens "
             "(vitlens/src/open_clip/modal_3d/data/taxonomy.json)")
@@ -71,8 +73,9 @@ def prepare(out: Path, archives: list[Path]) -> dict[str, int]:
             target = _target(name)
             if target is None:
                 continue
-            (out / target).parent.mkdir(parents=True, exist_ok=True)
-            with opener() as src, (out / target).open("wb") as dst:
+            dest = archive_target(out, target)  # refuses `shapenet_pc/../../x` (zip slip)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with opener() as src, dest.open("wb") as dst:
                 shutil.copyfileobj(src, dst)
     missing = [f for f in _TOP_FILES if not (out / f).is_file()]
     if missing:

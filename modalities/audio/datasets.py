@@ -49,12 +49,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from omniclip.modalities.audio.io import load_audio, sample_clips
+from omniclip.modalities.audio.io import MAX_AMPLITUDE, MAX_DECODE_SECONDS, load_audio, load_clips
 from omniclip.modalities.audio.templates import SOUND_TEMPLATES
 from torch.utils.data import ConcatDataset, Dataset
 
 from omniclip.data import require_dir, require_file, require_split
 from omniclip.errors import ConfigError, SampleError
+from omniclip.paths import ALLOW_KEY, resolve_in_root
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ _SPACES = re.compile(r"\s{2,}")
 _MAX_CAPTION_WORDS = 70
 #: Frame times are rounded to this many seconds, so the image-anchor cache stays bounded.
 _FRAME_STEP = 0.5
+#: Partners drawn for mixup before the clip trains unmixed (bad partners are not its fault).
+MIXUP_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,10 @@ class ClipOptions:
         allow_silent: keep files whose peak is under ``silence_threshold`` (else a bad sample).
         mixup: probability of mixing a training clip with a random other one (reference 0.5).
         mixup_alpha: the mixing weight is Beta(alpha, alpha) (reference 10).
+        max_amplitude: a file whose peak exceeds this is a bad sample (float audio lies within
+            +-1; ``3e29`` makes the fbank NaN).
+        max_decode_seconds: longer files are not decoded whole: only each clip's stretch is
+            read (and checked), so an hour-long file costs a clip, not gigabytes.
     """
 
     sample_rate: int = 16000
@@ -93,6 +100,8 @@ class ClipOptions:
     silence_threshold: float = 1e-4
     mixup: float = 0.0
     mixup_alpha: float = 10.0
+    max_amplitude: float = MAX_AMPLITUDE
+    max_decode_seconds: float = MAX_DECODE_SECONDS
 
     def __post_init__(self) -> None:
         if self.sample_rate < 1:
@@ -107,6 +116,10 @@ class ClipOptions:
             raise ConfigError("mixup", f"is a probability, got {self.mixup}")
         if self.mixup_alpha <= 0:
             raise ConfigError("mixup_alpha", f"must be positive, got {self.mixup_alpha}")
+        if not self.max_amplitude > 0:
+            raise ConfigError("max_amplitude", f"must be positive, got {self.max_amplitude}")
+        if not self.max_decode_seconds >= 0:
+            raise ConfigError("max_decode_seconds", f"must be >= 0, got {self.max_decode_seconds}")
 
 
 @dataclass
@@ -145,6 +158,15 @@ def _read_csv(path: Path, key: str, columns: Sequence[str]) -> list[dict[str, st
     if missing:
         raise ConfigError(key, f"{path}: no `{missing[0]}` column (has {', '.join(header) or 'none'})")
     return rows
+
+
+def _integer(row: Mapping[str, Any], column: str, path: Path, line: int, key: str = "meta") -> int:
+    """``row[column]`` as an int, else a ConfigError naming the file, line and value."""
+    value = row.get(column)
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ConfigError(key, f"{path} line {line}: `{column}` is {value!r}, not an integer") from None
 
 
 def index_files(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
@@ -248,45 +270,56 @@ class AudioClips(Dataset):
         return None
 
     def load(self, path: Path) -> torch.Tensor:
+        """The whole waveform of ``path`` at the dataset's rate, with the dataset's checks."""
         opts = self.opts
         return load_audio(path, opts.sample_rate, allow_silent=opts.allow_silent,
-                          silence_threshold=opts.silence_threshold)
+                          silence_threshold=opts.silence_threshold, max_amplitude=opts.max_amplitude)
+
+    def clips(self, path: Path, num_clips: int, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """`load_clips` with the dataset's options: clips [n, T] and their centre times (s)."""
+        opts = self.opts
+        return load_clips(path, opts.sample_rate, opts.clip_seconds, num_clips, train=train, pad=opts.pad,
+                          max_decode_seconds=opts.max_decode_seconds, allow_silent=opts.allow_silent,
+                          silence_threshold=opts.silence_threshold, max_amplitude=opts.max_amplitude)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
         opts = self.opts
-        wave = self.load(item.path)
         if not self.train:
-            clips = sample_clips(wave, opts.sample_rate, opts.clip_seconds, opts.num_clips, train=False, pad=opts.pad)
+            clips, _ = self.clips(item.path, opts.num_clips, train=False)
             sample: dict[str, Any] = {"inputs": clips, "group_id": index, "path": str(item.path)}
             target = self.target(item)
             if target is not None:
                 sample["label"] = target
             return sample
-        clip, centre = self._train_clip(wave)
+        clips, centres = self.clips(item.path, 1, train=True)
+        clip, centre = clips[0], float(centres[0])
         text = self.caption(item)
         if opts.mixup > 0 and np.random.rand() < opts.mixup:
-            partner = self.items[np.random.randint(len(self.items))]
-            other = sample_clips(self.load(partner.path), opts.sample_rate, opts.clip_seconds, 1, train=True,
-                                 pad=opts.pad)[0]
-            weight = float(np.random.beta(opts.mixup_alpha, opts.mixup_alpha))
-            clip = weight * clip + (1.0 - weight) * other
-            text = f"{text.removesuffix('.')} and {self.plain_caption(partner).lower()}"
+            partner = self._mixup_partner()
+            if partner is not None:
+                other, partner_item = partner
+                weight = float(np.random.beta(opts.mixup_alpha, opts.mixup_alpha))
+                clip = weight * clip + (1.0 - weight) * other
+                text = f"{text.removesuffix('.')} and {self.plain_caption(partner_item).lower()}"
         sample = {"inputs": clip, "text": text, "path": str(item.path)}
         if self.videos is not None:
             sample.update(self._frame(item, centre))
         return sample
 
-    def _train_clip(self, wave: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """One random clip and the time (s) of its centre in the file."""
-        opts = self.opts
-        clip_len = int(round(opts.clip_seconds * opts.sample_rate))
-        length = wave.numel()
-        if length <= clip_len:
-            clip = sample_clips(wave, opts.sample_rate, opts.clip_seconds, 1, train=True, pad=opts.pad)[0]
-            return clip, length / 2 / opts.sample_rate
-        start = int(torch.randint(0, length - clip_len + 1, ()))
-        return wave[start:start + clip_len], (start + clip_len / 2) / opts.sample_rate
+    def _mixup_partner(self) -> tuple[torch.Tensor, Item] | None:
+        """A clip of a random other item to mix in, or None when `MIXUP_TRIES` draws were all bad.
+
+        A bad partner must not cost the good clip its sample, nor be counted here: its own
+        access (every item is drawn once an epoch) is where the skip policy counts it.
+        """
+        for _ in range(MIXUP_TRIES):
+            partner = self.items[np.random.randint(len(self.items))]
+            try:
+                return self.clips(partner.path, 1, train=True)[0][0], partner
+            except SampleError as err:
+                log.debug("mixup partner %s skipped: %s", err.path, err.problem)
+        return None
 
     def _frame(self, item: Item, seconds: float) -> dict[str, Any]:
         path = next((self.videos[s] for s in item.video_stems if s in self.videos), None)
@@ -356,7 +389,8 @@ class ESC50(LabelledClips):
     """ESC-50: 2000 five-second clips, 50 classes, 5 folds (``folds`` keeps some of them)."""
 
     def __init__(self, root: str | Path, split: str, opts: ClipOptions, image_transform: ImageTransform | None = None,
-                 folds: Sequence[int] | None = None, meta: str = "meta/esc50.csv", audio_dir: str = "audio"):
+                 folds: Sequence[int] | None = None, meta: str = "meta/esc50.csv", audio_dir: str = "audio",
+                 allow_outside_root: bool = False):
         root = require_dir(root)
         require_split(split, SPLITS)
         super().__init__(root, split, opts, image_transform)
@@ -366,13 +400,15 @@ class ESC50(LabelledClips):
         self.class_names = esc50_class_names()
         keep = None if folds is None else {int(f) for f in folds}
         for line, row in enumerate(rows, 2):
-            target = int(row["target"])
-            name = row["category"].replace("_", " ")
+            target, fold = (_integer(row, column, meta_path, line) for column in ("target", "fold"))
+            name = (row["category"] or "").replace("_", " ")
             if not 0 <= target < 50 or self.class_names[target] != name:
                 raise ConfigError("meta", f"{meta_path} line {line}: category `{row['category']}` with target "
                                           f"{target} is not an ESC-50 class")
-            if keep is None or int(row["fold"]) in keep:
-                self.items.append(Item(root / audio_dir / row["filename"], [target]))
+            if keep is None or fold in keep:
+                clip = resolve_in_root(root / audio_dir, row["filename"], allow_outside=allow_outside_root,
+                                       where=f"{meta_path} line {line}", key="meta")
+                self.items.append(Item(clip, [target]))
         if not self.items:
             raise ConfigError("folds", f"no clip of {meta_path} is in folds {sorted(keep or [])}")
 
@@ -396,9 +432,19 @@ def read_audioset_labels(path: Path, key: str = "labels") -> tuple[dict[str, int
     """mid -> index and the lower-cased display names, from ``class_labels_indices.csv``."""
     rows = _read_csv(require_file(path, key, "AudioSet's class_labels_indices.csv"), key,
                      ("index", "mid", "display_name"))
-    if [int(r["index"]) for r in rows] != list(range(len(rows))):
-        raise ConfigError(key, f"{path}: indices are not 0..{len(rows) - 1} in order")
-    return {r["mid"]: i for i, r in enumerate(rows)}, [r["display_name"].lower() for r in rows]
+    for line, row in enumerate(rows, 2):
+        index = _integer(row, "index", path, line, key)
+        if index != line - 2:
+            raise ConfigError(key, f"{path} line {line}: index {index}, expected {line - 2} (indices are "
+                                   f"0..{len(rows) - 1} in order)")
+        for column in ("mid", "display_name"):
+            if not (row[column] or "").strip():
+                raise ConfigError(key, f"{path} line {line}: empty `{column}`")
+    mids = [r["mid"].strip() for r in rows]
+    if len(set(mids)) != len(mids):
+        twice = next(m for m in mids if mids.count(m) > 1)
+        raise ConfigError(key, f"{path}: mid `{twice}` is listed twice")
+    return {mid: i for i, mid in enumerate(mids)}, [r["display_name"].strip().lower() for r in rows]
 
 
 class AudioSet(LabelledClips):
@@ -408,7 +454,8 @@ class AudioSet(LabelledClips):
 
     def __init__(self, root: str | Path, split: str, opts: ClipOptions, image_transform: ImageTransform | None = None,
                  segments: str | Sequence[str] = "balanced_train_segments.csv",
-                 labels: str = "class_labels_indices.csv", audio_dir: str = "audio", video_dir: str | None = None):
+                 labels: str = "class_labels_indices.csv", audio_dir: str = "audio", video_dir: str | None = None,
+                 allow_outside_root: bool = False):
         root = require_dir(root)
         require_split(split, SPLITS)
         super().__init__(root, split, opts, image_transform, video_dir)
@@ -424,7 +471,8 @@ class AudioSet(LabelledClips):
                                                   f"which is not in {labels}")
                 labels_of = sorted({index[m] for m in mids.split(",")})
                 if path:
-                    clip = root / path[0]
+                    clip = resolve_in_root(root, path[0], allow_outside=allow_outside_root,
+                                           where=f"{seg_path} segment {line}", key="segments")
                 else:
                     files = index_files(folder, AUDIO_SUFFIXES) if files is None else files
                     clip = self._resolve(files, (ytid, f"Y{ytid}"), ytid)
@@ -472,7 +520,7 @@ class Clotho(CaptionedClips):
     SPLIT_NAMES = {"train": "development", "val": "validation", "test": "evaluation"}
 
     def __init__(self, root: str | Path, split: str, opts: ClipOptions, image_transform: ImageTransform | None = None,
-                 captions_csv: str | None = None, audio_dir: str | None = None):
+                 captions_csv: str | None = None, audio_dir: str | None = None, allow_outside_root: bool = False):
         root = require_dir(root)
         require_split(split, SPLITS)
         super().__init__(root, split, opts, image_transform)
@@ -481,11 +529,13 @@ class Clotho(CaptionedClips):
                               "expected the Clotho layout; see tools/prepare_clotho.py")
         columns = [f"caption_{i}" for i in range(1, 6)]
         folder = root / (audio_dir or part)
-        for row in _read_csv(table, "captions_csv", ("file_name", *columns)):
+        for line, row in enumerate(_read_csv(table, "captions_csv", ("file_name", *columns)), 2):
             captions = [row[c].strip() for c in columns if row[c] and row[c].strip()]
             if not captions:
                 raise ConfigError("captions_csv", f"{table}: `{row['file_name']}` has no caption")
-            self.items.append(Item(folder / row["file_name"], captions=captions))
+            clip = resolve_in_root(folder, row["file_name"], allow_outside=allow_outside_root,
+                                   where=f"{table} line {line}", key="captions_csv")
+            self.items.append(Item(clip, captions=captions))
 
 
 class AudioCaps(CaptionedClips):
@@ -516,10 +566,10 @@ class AudioCaps(CaptionedClips):
 
 _CLIP_KEYS = {f.name for f in fields(ClipOptions)}
 DATASETS: dict[str, tuple[type[AudioClips], frozenset[str]]] = {
-    "esc50": (ESC50, frozenset({"folds", "meta", "audio_dir"})),
-    "audioset": (AudioSet, frozenset({"segments", "labels", "audio_dir", "video_dir"})),
+    "esc50": (ESC50, frozenset({"folds", "meta", "audio_dir", ALLOW_KEY})),
+    "audioset": (AudioSet, frozenset({"segments", "labels", "audio_dir", "video_dir", ALLOW_KEY})),
     "vggsound": (VGGSound, frozenset({"csv_file", "audio_dir", "video_dir"})),
-    "clotho": (Clotho, frozenset({"captions_csv", "audio_dir"})),
+    "clotho": (Clotho, frozenset({"captions_csv", "audio_dir", ALLOW_KEY})),
     "audiocaps": (AudioCaps, frozenset({"csv_file", "audio_dir", "video_dir"})),
 }
 
