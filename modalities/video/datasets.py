@@ -1,0 +1,442 @@
+"""Video datasets in the layouts their releases ship, and the clip pipeline they share.
+
+============  ===================================================================================
+``list``      ``path label`` lines (0-based labels; the ViFi-CLIP / X-CLIP / ILA lists and what the
+              ``tools/prepare_*.py`` scripts write), paths relative to ``root / video_dir``;
+              ``classes``: an ``id,name`` CSV, a file of one name per line, or a shipped list
+              (``k400``, ``k600``, ``ucf101``, ``hmdb51``, ``ssv2``).
+``kinetics``  Kinetics-400/600/700 CSVs (``label,youtube_id,time_start,time_end,split``) with
+              files named ``<ytid>_<start:06d>_<end:06d>.<ext>`` anywhere under ``video_dir``
+              (flat or one folder per class); classes: ``classes`` (e.g. ``k400``) or the sorted
+              labels of the CSV. Clips never downloaded are left out with a warning (``missing``).
+``ucf101``    ``classInd.txt`` (``1 ApplyEyeMakeup``, 1-based), ``trainlist0{1,2,3}.txt``
+              (``Class/v_X_g08_c01.avi 1``) and ``testlist0{1,2,3}.txt`` (paths only) in
+              ``splits_dir``, videos in ``video_dir/<Class>/``; ``fold`` picks the split.
+``hmdb51``    ``<class>_test_split{1,2,3}.txt`` in ``splits_dir`` (``name.avi 1|2|0``: train / test
+              / unused), videos in ``video_dir/<class>/``; classes are the sorted class folders
+              (``brush_hair`` is named "brush hair").
+``ssv2``      Something-Something v2: the labels JSON (template -> id), the train / validation
+              JSON lists (``{id, label, template, placeholders}``; the class is the template
+              without its brackets), videos ``video_dir/<id>.webm``.
+``folder``    one folder per class (``root/<class>/<video or frame folder>``), or
+              ``root/<split>/<class>/...`` when that folder exists; classes sorted.
+============  ===================================================================================
+
+val and test read the test lists where a dataset has no validation split (UCF101, HMDB51) and
+the validation list where its test labels are withheld (SSv2).
+
+Every item is a video file or a frame folder. Training samples hold one clip ``[T, 3, S, S]``,
+the label and a caption (the class name through ``text_template``); evaluation samples hold
+``num_clips x num_crops`` views ``[V, T, 3, S, S]`` and the item index as ``group_id``, which
+the modality's collate flattens and evaluation averages. A listed file that is missing, a
+label outside the class list, a path escaping the root, and every unreadable video raise
+`SampleError` naming the file when the item is read, so the trainer's stop / skip policy
+applies to each. Decoders are opened inside ``__getitem__`` and never kept.
+
+`ClipPipeline` is the whole per-video path (probe, sample, decode, transform) and takes a path
+or the encoded bytes, so a sharded reader reuses it unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import posixpath
+import re
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from omniclip.data import require_dir, require_file, require_split
+from omniclip.errors import ConfigError, SampleError
+from omniclip.modalities.video.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, DecodeOptions, VideoSource, probe, read_frames
+from omniclip.modalities.video.sampling import ClipTooShort, SamplingOptions, sample_indices
+from omniclip.modalities.video.transforms import ClipTransform, TransformOptions
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+#: Shipped class-name files (one name per line, in label order) by dataset name.
+CLASS_NAME_FILES = {"k400": "k400.txt", "k600": "k600.txt", "ucf101": "ucf101.txt", "hmdb51": "hmdb51.txt",
+                    "ssv2": "ssv2.txt"}
+
+
+def shipped_class_names(name: str) -> list[str]:
+    if name not in CLASS_NAME_FILES:
+        raise ConfigError("classes", f"no shipped class list `{name}` (shipped: {', '.join(CLASS_NAME_FILES)})")
+    text = resources.files("omniclip.modalities.video").joinpath("classnames", CLASS_NAME_FILES[name]).read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_class_names(spec: str, root: Path) -> list[str]:
+    """Class names from a shipped list name, an ``id,name`` CSV, or a one-name-per-line file."""
+    if spec in CLASS_NAME_FILES:
+        return shipped_class_names(spec)
+    path = Path(spec) if Path(spec).is_absolute() else root / spec
+    require_file(path, "classes", f"a class list: an `id,name` CSV, one name per line, or one of "
+                                  f"{', '.join(CLASS_NAME_FILES)}")
+    lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if lines and lines[0].replace(" ", "").lower() == "id,name":
+        rows = list(csv.reader(lines[1:]))
+        ids = [int(row[0]) for row in rows if row]
+        if ids != list(range(len(ids))):
+            raise ConfigError("classes", f"{path}: ids are not 0..{len(ids) - 1} in order")
+        return [row[1].strip() for row in rows if row]
+    return [line.strip() for line in lines]
+
+
+# ------------------------------------------------------------------------------------ pipeline
+
+
+class ClipPipeline:
+    """One video (path or bytes) -> clip ``[T, 3, S, S]`` (training) or views ``[V, T, 3, S, S]``.
+
+    Probe, sample the indices of every view, decode them in one call, transform each view.
+    """
+
+    def __init__(self, decode: DecodeOptions, sampling: SamplingOptions, transform: TransformOptions, train: bool):
+        self.decode = decode
+        self.sampling = sampling
+        self.train = train
+        self.transform = ClipTransform(transform, train)
+
+    def __call__(self, source: VideoSource, name: str | None = None) -> torch.Tensor:
+        name = name or (str(source) if not isinstance(source, bytes) else "<in-memory video>")
+        info = probe(source, self.decode)
+        try:
+            indices = sample_indices(info.num_frames, self.sampling, train=self.train)
+        except ClipTooShort as err:
+            raise SampleError(name, f"clip too short: {err} (short_clip: error)") from None
+        views, length = indices.shape
+        frames = read_frames(source, indices.reshape(-1), self.decode, info=info, layout="TCHW")
+        clips = [self.transform(frames[v * length:(v + 1) * length]) for v in range(views)]
+        if self.train:
+            return clips[0]
+        # three-crop views come as [3, T, ...] per temporal view; centre-crop views as [T, ...]
+        return torch.cat([c if c.dim() == 5 else c[None] for c in clips])
+
+
+@dataclass(frozen=True)
+class Item:
+    """One video of a dataset: its path as listed (relative to the video folder), its label,
+    and where it was listed (for messages)."""
+
+    path: str
+    label: int
+    where: str = ""
+
+
+# ------------------------------------------------------------------------------------ datasets
+
+
+class VideoDataset(Dataset):
+    """Base of the video datasets: subclasses fill ``items`` and ``class_names``."""
+
+    multilabel = False
+
+    def __init__(self, root: Path, split: str, pipeline: ClipPipeline, video_dir: str = "",
+                 text_template: str = "a photo of a {}."):
+        require_split(split, SPLITS)
+        self.root = root
+        self.split = split
+        self.train = split == "train"
+        self.pipeline = pipeline
+        self.video_root = root / video_dir if video_dir else root
+        self.text_template = text_template
+        self.items: list[Item] = []
+        self.class_names: list[str] | None = None
+        self.num_classes: int | None = None
+        self.missing: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def resolve(self, item: Item) -> Path:
+        """The file of ``item``; a path that leaves the video folder is a bad sample (a list
+        must not reach ``../../etc``); symbolic links inside it are the user's choice."""
+        rel = item.path.replace("\\", "/")
+        norm = posixpath.normpath(rel)
+        if rel.startswith("/") or Path(item.path).is_absolute() or norm == ".." or norm.startswith("../"):
+            raise SampleError(self.video_root / rel, f"path escapes the dataset root {self.video_root} ({item.where})")
+        return self.video_root / norm
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.items[index]
+        path = self.resolve(item)
+        classes = self.num_classes if self.class_names is None else len(self.class_names)
+        if classes is not None and not 0 <= item.label < classes:
+            raise SampleError(path, f"label {item.label} is outside the {classes} classes ({item.where})")
+        if not path.exists():
+            raise SampleError(path, f"file not found ({item.where})")
+        inputs = self.pipeline(path)
+        sample: dict[str, Any] = {"inputs": inputs, "label": item.label, "path": str(path)}
+        if self.train:
+            if self.class_names is not None:
+                sample["text"] = self.text_template.format(self.class_names[item.label])
+        else:
+            sample["group_id"] = index
+        return sample
+
+
+class VideoList(VideoDataset):
+    """``path label`` lines (0-based labels)."""
+
+    def __init__(self, root: Path, split: str, pipeline: ClipPipeline, list_file: str | None = None,
+                 video_dir: str = "", classes: str | None = None, num_classes: int | None = None,
+                 text_template: str = "a photo of a {}."):
+        super().__init__(root, split, pipeline, video_dir, text_template)
+        if list_file is None:
+            raise ConfigError("list_file", "missing: set the `path label` list to read")
+        table = require_file(root / list_file, "list_file", "a list of `path label` lines")
+        if classes is not None:
+            self.class_names = read_class_names(classes, root)
+        self.num_classes = num_classes
+        for line_no, line in enumerate(table.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) != 2 or not re.fullmatch(r"-?\d+", parts[1]):
+                raise ConfigError("list_file", f"{table} line {line_no}: expected `path label`, got {line!r}")
+            self.items.append(Item(parts[0], int(parts[1]), f"{table.name} line {line_no}"))
+
+
+def _read_rows(path: Path, key: str, columns: Sequence[str]) -> list[dict[str, str]]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            header = reader.fieldnames or []
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise ConfigError(key, f"{path}: unreadable CSV ({err})") from None
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise ConfigError(key, f"{path}: no `{missing[0]}` column (has {', '.join(header) or 'none'})")
+    return rows
+
+
+def index_videos(folder: Path) -> dict[str, Path]:
+    """File stem -> path of every video under ``folder`` (recursively; the first found wins)."""
+    found: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            stem, suffix = os.path.splitext(name)
+            if suffix.lower() in VIDEO_SUFFIXES and stem not in found:
+                found[stem] = Path(dirpath) / name
+    return found
+
+
+def _first_existing(root: Path, names: Sequence[str], key: str, what: str) -> Path:
+    for name in names:
+        if (root / name).exists():
+            return root / name
+    raise ConfigError(key, f"none of {', '.join(str(root / n) for n in names)} exists ({what})")
+
+
+class Kinetics(VideoDataset):
+    """Kinetics CSVs + files named ``<ytid>_<start:06d>_<end:06d>``."""
+
+    CSV_NAMES = {"train": ("train.csv", "annotations/train.csv"),
+                 "val": ("validate.csv", "val.csv", "annotations/val.csv"),
+                 "test": ("test.csv", "annotations/test.csv")}
+    VIDEO_DIRS = {"train": ("train",), "val": ("val", "validate"), "test": ("test",)}
+
+    def __init__(self, root: Path, split: str, pipeline: ClipPipeline, csv_file: str | None = None,
+                 video_dir: str | None = None, classes: str | None = None,
+                 text_template: str = "a photo of a {}."):
+        table = root / csv_file if csv_file else _first_existing(root, self.CSV_NAMES[split], "csv_file",
+                                                                     "a Kinetics CSV; see tools/prepare_kinetics.py")
+        require_file(table, "csv_file", "a Kinetics CSV (label,youtube_id,time_start,time_end,split)")
+        if video_dir is None:
+            video_dir = next((d for d in self.VIDEO_DIRS[split] if (root / d).is_dir()), "")
+        super().__init__(root, split, pipeline, "", text_template)
+        rows = _read_rows(table, "csv_file", ("label", "youtube_id", "time_start", "time_end"))
+        self.class_names = (read_class_names(classes, root) if classes is not None
+                            else sorted({r["label"] for r in rows}))
+        index = {name: i for i, name in enumerate(self.class_names)}
+        folder = root / video_dir
+        if not folder.is_dir():
+            raise ConfigError("video_dir", f"folder {folder} does not exist")
+        files = index_videos(folder)
+        for line_no, row in enumerate(rows, 2):
+            if row["label"] not in index:
+                raise ConfigError("classes", f"{table} line {line_no}: label `{row['label']}` is not a class "
+                                             f"of {classes or 'the CSV'}")
+            stem = f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}"
+            path = files.get(stem) or files.get(row["youtube_id"])
+            if path is None:
+                self.missing.append(stem)
+                continue
+            self.items.append(Item(path.relative_to(root).as_posix(), index[row["label"]],
+                                   f"{table.name} line {line_no}"))
+        if self.missing:
+            log.warning("Kinetics: %d of %d clips of %s are not under %s and are left out (first: %s)",
+                        len(self.missing), len(rows), table.name, folder, self.missing[0])
+
+
+class UCF101(VideoDataset):
+    def __init__(self, root: Path, split: str, pipeline: ClipPipeline, fold: int = 1,
+                 splits_dir: str = "ucfTrainTestlist", video_dir: str = "UCF-101",
+                 text_template: str = "a photo of a {}."):
+        super().__init__(root, split, pipeline, video_dir, text_template)
+        if fold not in (1, 2, 3):
+            raise ConfigError("fold", f"UCF101 has splits 1, 2, 3; got {fold}")
+        lists = root / splits_dir
+        class_ind = require_file(lists / "classInd.txt", "splits_dir", "UCF101's classInd.txt; see "
+                                                                       "tools/prepare_ucf101.py")
+        pairs = [line.split() for line in class_ind.read_text().splitlines() if line.strip()]
+        if [int(p[0]) for p in pairs] != list(range(1, len(pairs) + 1)):
+            raise ConfigError("splits_dir", f"{class_ind}: class ids are not 1..{len(pairs)} in order")
+        self.class_names = [p[1] for p in pairs]
+        index = {name: i for i, name in enumerate(self.class_names)}
+        name = f"trainlist0{fold}.txt" if self.train else f"testlist0{fold}.txt"
+        table = require_file(lists / name, "splits_dir", f"UCF101's {name}")
+        for line_no, line in enumerate(table.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            path, *label = line.split()
+            folder = path.split("/")[0]
+            if folder not in index:
+                raise ConfigError("splits_dir", f"{table} line {line_no}: `{folder}` is not in classInd.txt")
+            if label and int(label[0]) - 1 != index[folder]:
+                raise ConfigError("splits_dir", f"{table} line {line_no}: label {label[0]} is not the id of {folder}")
+            self.items.append(Item(path, index[folder], f"{name} line {line_no}"))
+
+
+class HMDB51(VideoDataset):
+    def __init__(self, root: Path, split: str, pipeline: ClipPipeline, fold: int = 1,
+                 splits_dir: str = "testTrainMulti_7030_splits", video_dir: str = "videos",
+                 text_template: str = "a photo of a {}."):
+        super().__init__(root, split, pipeline, video_dir, text_template)
+        if fold not in (1, 2, 3):
+            raise ConfigError("fold", f"HMDB51 has splits 1, 2, 3; got {fold}")
+        lists = root / splits_dir
+        if not lists.is_dir():
+            raise ConfigError("splits_dir", f"folder {lists} does not exist (HMDB51's split files; see "
+                                            "tools/prepare_hmdb51.py)")
+        suffix = f"_test_split{fold}.txt"
+        tables = sorted(p for p in lists.iterdir() if p.name.endswith(suffix))
+        if not tables:
+            raise ConfigError("splits_dir", f"no *{suffix} in {lists}")
+        folders = [t.name[: -len(suffix)] for t in tables]
+        self.class_names = [f.replace("_", " ") for f in folders]
+        wanted = "1" if self.train else "2"
+        for label, (folder, table) in enumerate(zip(folders, tables)):
+            for line_no, line in enumerate(table.read_text().splitlines(), 1):
+                parts = line.split()
+                if not parts:
+                    continue
+                if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                    raise ConfigError("splits_dir", f"{table} line {line_no}: expected `name.avi 0|1|2`, got {line!r}")
+                if parts[1] == wanted:
+                    self.items.append(Item(f"{folder}/{parts[0]}", label, f"{table.name} line {line_no}"))
+
+
+class SSv2(VideoDataset):
+    def __init__(self, root: Path, split: str, pipeline: ClipPipeline,
+                 labels_json: str = "something-something-v2-labels.json",
+                 train_json: str = "something-something-v2-train.json",
+                 validation_json: str = "something-something-v2-validation.json",
+                 video_dir: str = "20bn-something-something-v2", text_template: str = "{}"):
+        super().__init__(root, split, pipeline, video_dir, text_template)
+        labels = self._json(root / labels_json, "labels_json")
+        if not isinstance(labels, dict):
+            raise ConfigError("labels_json", f"{labels_json}: expected an object template -> id")
+        ids = sorted((int(v), k) for k, v in labels.items())
+        if [i for i, _ in ids] != list(range(len(ids))):
+            raise ConfigError("labels_json", f"{labels_json}: ids are not 0..{len(ids) - 1}")
+        self.class_names = [k for _, k in ids]
+        index = {k: i for i, k in enumerate(self.class_names)}
+        name = train_json if self.train else validation_json
+        entries = self._json(root / name, "train_json" if self.train else "validation_json")
+        for position, entry in enumerate(entries):
+            template = entry.get("template", "").replace("[", "").replace("]", "")
+            if template not in index:
+                raise ConfigError("labels_json", f"{name} entry {position} (id {entry.get('id')}): template "
+                                                 f"`{template}` is not in {labels_json}")
+            self.items.append(Item(f"{entry['id']}.webm", index[template], f"{name} entry {position}"))
+
+    @staticmethod
+    def _json(path: Path, key: str) -> Any:
+        require_file(path, key, "Something-Something v2's JSON files; see tools/prepare_ssv2.py")
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(key, f"{path}: unreadable JSON ({err})") from None
+
+
+class VideoFolder(VideoDataset):
+    """``root[/<split>]/<class>/<video file or frame folder>``."""
+
+    def __init__(self, root: Path, split: str, pipeline: ClipPipeline, text_template: str = "a photo of a {}."):
+        base = root / split if (root / split).is_dir() else root
+        super().__init__(root, split, pipeline, base.relative_to(root).as_posix() if base != root else "",
+                         text_template)
+        folders = sorted(p for p in base.iterdir() if p.is_dir())
+        if not folders:
+            raise ConfigError("root", f"{base} has no class folders")
+        self.class_names = [f.name.replace("_", " ") for f in folders]
+        for label, folder in enumerate(folders):
+            for entry in sorted(folder.iterdir()):
+                is_video = entry.is_file() and entry.suffix.lower() in VIDEO_SUFFIXES
+                is_frames = entry.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in entry.iterdir())
+                if is_video or is_frames:
+                    self.items.append(Item(f"{folder.name}/{entry.name}", label, f"class folder {folder.name}"))
+
+
+# ------------------------------------------------------------------------------------- factory
+
+DATASETS: dict[str, type[VideoDataset]] = {
+    "list": VideoList, "kinetics": Kinetics, "ucf101": UCF101, "hmdb51": HMDB51, "ssv2": SSv2,
+    "folder": VideoFolder,
+}
+#: Recipe keys of the three option groups, and the dataclass field each one sets.
+_OPTION_KEYS: dict[str, tuple[type, str]] = {
+    **{f.name: (DecodeOptions, f.name) for f in fields(DecodeOptions)},
+    **{f.name: (TransformOptions, f.name) for f in fields(TransformOptions)},
+    "num_frames": (SamplingOptions, "num_frames"), "sampling": (SamplingOptions, "method"),
+    "frame_stride": (SamplingOptions, "stride"), "num_clips": (SamplingOptions, "num_views"),
+    "short_clip": (SamplingOptions, "short_clip"),
+}
+
+
+def build_pipeline(options: Mapping[str, Any], train: bool) -> ClipPipeline:
+    """`ClipPipeline` from flat recipe keys (see `_OPTION_KEYS`)."""
+    groups: dict[type, dict[str, Any]] = {DecodeOptions: {}, SamplingOptions: {}, TransformOptions: {}}
+    for key, value in options.items():
+        cls, name = _OPTION_KEYS[key]
+        groups[cls][name] = tuple(value) if key == "reject" else value
+    return ClipPipeline(DecodeOptions(**groups[DecodeOptions]), SamplingOptions(**groups[SamplingOptions]),
+                        TransformOptions(**groups[TransformOptions]), train)
+
+
+def _own_keys(cls: type) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(cls.__init__).parameters) - {"self", "root", "split", "pipeline"}
+
+
+def build_dataset(cfg: Mapping[str, Any], split: str, image_transform: Callable[[Any], torch.Tensor] | None = None
+                  ) -> VideoDataset:
+    """The dataset ``cfg['name']`` for ``split``; other keys are its own or the clip options."""
+    params = dict(cfg)
+    name = params.pop("name", None)
+    params.pop("split", None)  # the caller's split wins (evaluation passes it separately)
+    if name not in DATASETS:
+        raise ConfigError("name", f"unknown video dataset `{name}` (known: {', '.join(DATASETS)})")
+    cls = DATASETS[name]
+    root = require_dir(params.pop("root", None))
+    own = _own_keys(cls)
+    unknown = sorted(set(params) - own - set(_OPTION_KEYS))
+    if unknown:
+        known = ", ".join(sorted(own | set(_OPTION_KEYS) | {"root", "split"}))
+        raise ConfigError(unknown[0], f"unknown option for video dataset `{name}` (known: {known})")
+    require_split(split, SPLITS)
+    pipeline = build_pipeline({k: params.pop(k) for k in list(params) if k in _OPTION_KEYS}, split == "train")
+    return cls(root, split, pipeline, **params)
