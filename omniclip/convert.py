@@ -17,18 +17,15 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
-import importlib
 import json
 import os
 import pickle
-import pkgutil
 import re
 import sys
 import uuid
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import open_clip
 import torch
@@ -563,23 +560,6 @@ def convert(
 # Command line
 
 
-def _import_converter_plugins() -> Iterator[str]:
-    """Import every modality package and converter entry point; yield why any failed."""
-    import omniclip.modalities as modalities
-
-    for info in pkgutil.iter_modules(modalities.__path__):
-        if info.ispkg:
-            try:
-                importlib.import_module(f"{modalities.__name__}.{info.name}")
-            except ImportError as exc:  # an optional extra (h5py, torchaudio, ...) is missing
-                yield f"modality `{info.name}` not importable: {exc}"
-    for ep in entry_points(group="omniclip.converter"):
-        try:
-            registry.get("converter", ep.name)
-        except ImportError as exc:
-            yield f"converter plugin `{ep.name}` not importable: {exc}"
-
-
 def _parse_set(items: Sequence[str]) -> dict[str, Any]:
     """``key=value`` pairs; values are read as JSON when they parse (numbers, bools, lists)."""
     overrides: dict[str, Any] = {}
@@ -604,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``omniclip-convert``. Exit status: 0 done, 1 checkpoint mismatch, 2 bad input."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list == ["list"]:
-        for problem in _import_converter_plugins():
+        for problem in registry.import_plugins("converter"):
             print(f"note: {problem}", file=sys.stderr)
         names = registry.names("converter")
         if not names:

@@ -120,14 +120,19 @@ def cosine_schedule(
     warmup_steps: int,
     total_steps: int,
     min_lr_ratio: float = 0.0,
+    total_key: str = "max_steps",
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up then cosine decay to ``min_lr_ratio * lr`` at ``total_steps`` (see
-    `WarmupCosine`). Call ``scheduler.step()`` once after every ``optimizer.step()``."""
+    `WarmupCosine`). Call ``scheduler.step()`` once after every ``optimizer.step()``.
+
+    ``total_key`` is the config key that set ``total_steps``, named by a `ConfigError`."""
     if warmup_steps < 0:
         raise ConfigError("warmup_steps", f"must be >= 0, got {warmup_steps}")
     if total_steps <= warmup_steps:
+        # Keyed by the recipe's name for the total (the trainer's `max_steps`), not the argument's.
         raise ConfigError(
-            "total_steps", f"must exceed warmup_steps ({warmup_steps}), got {total_steps}"
+            total_key, f"must exceed `warmup_steps` ({warmup_steps}), got {total_steps}: raise "
+                       f"`{total_key}` or lower `warmup_steps`"
         )
     if not 0.0 <= min_lr_ratio <= 1.0:
         raise ConfigError("min_lr_ratio", f"must be in [0, 1], got {min_lr_ratio}")

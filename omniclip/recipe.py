@@ -6,7 +6,9 @@ Shared by the training, zero-shot and anchor-precompute commands.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Mapping
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -22,6 +24,9 @@ from omniclip.objective import ContrastiveObjective
 
 #: Top-level keys of a recipe; a ConfigError key starting with one of them is already absolute.
 RECIPE_GROUPS = ("backbone", "trunk", "lens", "modality", "data", "loss", "anchors", "trainer", "eval")
+
+#: Kinds of zero-shot task an eval entry may name (``eval.tasks.<name>.type``).
+TASK_TYPES = ("classification", "retrieval")
 
 
 @contextlib.contextmanager
@@ -56,6 +61,80 @@ def build_dataset(
     return dataset
 
 
+class DeferredTransform:
+    """The backbone's image preprocessing, bound once the backbone has loaded.
+
+    Datasets are built (and so checked) before any weights load; a dataset with paired images
+    keeps this object and calls it per sample, by which time `bind` has been called.
+    """
+
+    def __init__(self) -> None:
+        self._transform: Callable[[Any], torch.Tensor] | None = None
+
+    def bind(self, transform: Callable[[Any], torch.Tensor]) -> None:
+        self._transform = transform
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        if self._transform is None:
+            raise RuntimeError("image transform used before the backbone was loaded")
+        return self._transform(image)
+
+
+def recipe_modality(cfg: DictConfig) -> Modality:
+    """The modality a training recipe names (``modality.name``)."""
+    with config_scope("modality"):
+        return get_modality(cfg.modality.name)
+
+
+def train_dataset(cfg: DictConfig, modality: Modality, image_transform: Any = None) -> Dataset:
+    """The ``data.train`` dataset of a training recipe."""
+    if "train" not in cfg.data:
+        raise ConfigError("data.train", "the data group must define a `train` dataset")
+    return build_dataset(modality, OmegaConf.to_container(cfg.data.train, resolve=True), "train", "data.train",
+                         image_transform=image_transform)
+
+
+def task_dataset(modality: Modality, task: Mapping[str, Any], key: str) -> Dataset:
+    """The dataset of one eval task entry ``key`` ({type, dataset, templates})."""
+    kind = task.get("type", "classification")
+    if kind not in TASK_TYPES:
+        raise ConfigError(f"{key}.type", f"`{kind}` is not one of {TASK_TYPES}")
+    if "dataset" not in task:
+        raise ConfigError(f"{key}.dataset", "missing")
+    return build_dataset(modality, task["dataset"], task["dataset"].get("split", "test"), f"{key}.dataset")
+
+
+def eval_datasets(modality: Modality, eval_cfg: Mapping[str, Any]) -> dict[str, Dataset]:
+    """name -> dataset of every task in an eval config (recipes/eval/*.yaml), all built now."""
+    tasks = eval_cfg.get("tasks") or {}
+    return {name: task_dataset(modality, task, f"eval.tasks.{name}") for name, task in tasks.items()}
+
+
+def checkpoint_config(checkpoint: str | Path) -> dict[str, Any]:
+    """The model config of a lens export or trainer checkpoint folder, read without loading weights."""
+    config_file = Path(checkpoint) / "config.json"
+    if not config_file.is_file():
+        problem = "folder does not exist" if not Path(checkpoint).is_dir() else "has no config.json"
+        raise ConfigError("checkpoint", f"{checkpoint}: {problem} (expected a lens export such as "
+                                        "runs/<run>/lens or a converted checkpoint folder)")
+    config = json.loads(config_file.read_text())
+    return config.get("model", config)
+
+
+def check_recipe_data(cfg: DictConfig) -> None:
+    """Build, and so check, every dataset a recipe names, before any backbone loads.
+
+    A training recipe names ``data.train`` and its eval tasks; a zero-shot recipe names its eval
+    tasks, and its checkpoint's config names the modality. The datasets are then dropped.
+    """
+    if "checkpoint" in cfg:
+        modality = get_modality(checkpoint_config(cfg.checkpoint)["modality"])
+    else:
+        modality = recipe_modality(cfg)
+        train_dataset(cfg, modality, DeferredTransform())
+    eval_datasets(modality, OmegaConf.to_container(cfg.eval, resolve=True))
+
+
 def build_backbone(cfg: Mapping[str, Any], device: torch.device) -> ClipBackbone:
     with config_scope("backbone"):
         return load_backbone(cfg["name"], cfg.get("pretrained"), device=device,
@@ -63,8 +142,7 @@ def build_backbone(cfg: Mapping[str, Any], device: torch.device) -> ClipBackbone
 
 
 def build_model(cfg: DictConfig, backbone: ClipBackbone) -> tuple[LensModel, dict[str, Any]]:
-    with config_scope("modality"):
-        modality = get_modality(cfg.modality.name)
+    modality = recipe_modality(cfg)
     trunk_cfg = OmegaConf.to_container(cfg.trunk, resolve=True)
     with config_scope("trunk"):
         trunk = backbone.trunk(**trunk_cfg)

@@ -19,10 +19,16 @@ from omegaconf import DictConfig, OmegaConf
 from omniclip.anchors import AnchorStore
 from omniclip.cli import hydra_entry
 from omniclip.distributed import DistEnv, cleanup, init_distributed
-from omniclip.errors import ConfigError
-from omniclip.modality import get_modality
 from omniclip.model import LensModel
-from omniclip.recipe import build_backbone, build_dataset, build_model, build_objective
+from omniclip.recipe import (
+    DeferredTransform,
+    build_backbone,
+    build_model,
+    build_objective,
+    eval_datasets,
+    recipe_modality,
+    train_dataset,
+)
 from omniclip.trainer import Trainer, TrainResult, trainer_config_from
 from omniclip.zeroshot import make_evaluators
 
@@ -30,22 +36,27 @@ log = logging.getLogger(__name__)
 
 
 def build_trainer(cfg: DictConfig, env: DistEnv | None = None) -> tuple[Trainer, LensModel, dict[str, Any]]:
-    """Everything a run needs, validated before any training step."""
-    env = env or init_distributed(cfg.get("device"))
+    """Everything a run needs, validated before any training step.
+
+    Every dataset the recipe names (``data.train`` and each eval task) is built before the
+    backbone loads, so a missing folder or manifest fails in seconds, not after loading weights
+    or at the first evaluation.
+    """
     trainer_cfg = trainer_config_from(OmegaConf.to_container(cfg.trainer, resolve=True))
+    modality = recipe_modality(cfg)
+    image_transform = DeferredTransform()  # the backbone's preprocessing, bound once it has loaded
+    dataset = train_dataset(cfg, modality, image_transform)
+    eval_cfg = OmegaConf.to_container(cfg.eval, resolve=True)
+    eval_sets = eval_datasets(modality, eval_cfg)
+    env = env or init_distributed(cfg.get("device"))
     backbone = build_backbone(cfg.backbone, env.device)
+    image_transform.bind(backbone.preprocess)
     torch.manual_seed(trainer_cfg.seed)  # lens initialisation: the same on every rank and every run
     model, model_cfg = build_model(cfg, backbone)
-    modality = get_modality(cfg.modality.name)
-    if "train" not in cfg.data:
-        raise ConfigError("data.train", "the data group must define a `train` dataset")
-    dataset = build_dataset(modality, OmegaConf.to_container(cfg.data.train, resolve=True), "train", "data.train",
-                            image_transform=backbone.preprocess)
     anchors = AnchorStore(backbone, cfg.anchors.get("cache_dir"), int(cfg.anchors.get("batch_size", 256)))
     objective = build_objective(OmegaConf.to_container(cfg.loss, resolve=True), anchors)
-    eval_cfg = OmegaConf.to_container(cfg.eval, resolve=True)
     evaluators = make_evaluators(modality, eval_cfg, anchors, env.device, trainer_cfg.num_workers,
-                                 trainer_cfg.bad_samples)
+                                 trainer_cfg.bad_samples, eval_sets)
     trainer_cfg.eval_every = eval_cfg.get("every")
     run_config = {"model": model_cfg, "recipe": OmegaConf.to_container(cfg, resolve=True)}
     trainer = Trainer(trainer_cfg, model, objective, dataset, modality.collate, cfg.output_dir, env=env,
@@ -67,7 +78,10 @@ def run(cfg: DictConfig) -> TrainResult:
         cleanup()
 
 
-main = hydra_entry("train", run)
+# build_trainer checks every dataset before loading the backbone: no separate preflight.
+main = hydra_entry("train", run, preflight=None, description=(
+    "Train a lens into a frozen CLIP ViT as a recipe says, then export it to <output_dir>/lens. Running the "
+    "same command again resumes from the newest checkpoint in output_dir."))
 
 
 if __name__ == "__main__":

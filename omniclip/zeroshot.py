@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from omniclip.anchors import AnchorStore
 from omniclip.cli import hydra_entry
@@ -32,11 +32,9 @@ from omniclip.evaluation import (
 )
 from omniclip.metrics import retrieval_metrics
 from omniclip.modality import Modality, get_modality
-from omniclip.recipe import build_dataset
+from omniclip.recipe import checkpoint_config, eval_datasets, task_dataset
 
 log = logging.getLogger(__name__)
-
-TASK_TYPES = ("classification", "retrieval")
 
 
 def evaluate_task(
@@ -49,14 +47,15 @@ def evaluate_task(
     num_workers: int = 0,
     bad_samples: str = "stop",
     key: str = "eval",
+    dataset: Dataset | None = None,
 ) -> dict[str, Any]:
-    """Run one task entry ({type, dataset, templates}) and return its metrics (percent)."""
+    """Run one task entry ({type, dataset, templates}) and return its metrics (percent).
+
+    ``dataset`` is the task's dataset when already built (`make_evaluators` builds each once).
+    """
+    if dataset is None:
+        dataset = task_dataset(modality, task, key)
     kind = task.get("type", "classification")
-    if kind not in TASK_TYPES:
-        raise ConfigError(f"{key}.type", f"`{kind}` is not one of {TASK_TYPES}")
-    if "dataset" not in task:
-        raise ConfigError(f"{key}.dataset", "missing")
-    dataset = build_dataset(modality, task["dataset"], task["dataset"].get("split", "test"), f"{key}.dataset")
     # Samples seeded by index: any randomness in loading (e.g. a random FPS start) is the same
     # in every evaluation, so periodic evaluations and the CLI agree exactly.
     loader = DataLoader(SeededDataset(SafeDataset(dataset, bad_samples), seed=0), batch_size=batch_size,
@@ -118,18 +117,22 @@ def make_evaluators(
     device: torch.device | str,
     num_workers: int = 0,
     bad_samples: str = "stop",
+    datasets: Mapping[str, Dataset] | None = None,
 ) -> dict[str, Callable[[nn.Module], dict[str, Any]]]:
-    """name -> evaluator(model) for every task in an eval config (recipes/eval/*.yaml)."""
+    """name -> evaluator(model) for every task in an eval config (recipes/eval/*.yaml).
+
+    Every task's dataset is built here, once, so a missing folder fails before training rather
+    than at the first evaluation; pass ``datasets`` (from `omniclip.recipe.eval_datasets`) when
+    they were built earlier.
+    """
     tasks = eval_cfg.get("tasks") or {}
     batch_size = int(eval_cfg.get("batch_size", 32))
-    for name, task in tasks.items():
-        kind = task.get("type", "classification")
-        if kind not in TASK_TYPES:
-            raise ConfigError(f"eval.tasks.{name}.type", f"`{kind}` is not one of {TASK_TYPES}")
+    if datasets is None:
+        datasets = eval_datasets(modality, eval_cfg)
 
     def bind(name: str, task: Mapping[str, Any]) -> Callable[[nn.Module], dict[str, Any]]:
         return lambda model: evaluate_task(model, modality, task, anchors, device, batch_size, num_workers,
-                                           bad_samples, key=f"eval.tasks.{name}")
+                                           bad_samples, key=f"eval.tasks.{name}", dataset=datasets[name])
 
     return {name: bind(name, task) for name, task in tasks.items()}
 
@@ -140,14 +143,18 @@ def run(cfg: DictConfig) -> list[EvalResult]:
 
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     checkpoint = Path(cfg.checkpoint)
-    model, backbone, model_cfg = load_lens_model(checkpoint, backbone_pretrained=cfg.get("backbone_pretrained"),
-                                                 device=device)
-    modality = get_modality(model_cfg["modality"])
-    anchors = AnchorStore(backbone, cfg.anchors.get("cache_dir"), int(cfg.anchors.get("batch_size", 256)))
     eval_cfg = OmegaConf.to_container(cfg.eval, resolve=True)
     if not eval_cfg.get("tasks"):
         raise ConfigError("eval.tasks", "no evaluation task configured")
-    evaluators = make_evaluators(modality, eval_cfg, anchors, device, int(cfg.num_workers), cfg.bad_samples)
+    # The data first (the checkpoint's config names the modality): a missing dataset fails
+    # before any weights load.
+    modality = get_modality(checkpoint_config(checkpoint)["modality"])
+    datasets = eval_datasets(modality, eval_cfg)
+    model, backbone, _ = load_lens_model(checkpoint, backbone_pretrained=cfg.get("backbone_pretrained"),
+                                         device=device)
+    anchors = AnchorStore(backbone, cfg.anchors.get("cache_dir"), int(cfg.anchors.get("batch_size", 256)))
+    evaluators = make_evaluators(modality, eval_cfg, anchors, device, int(cfg.num_workers), cfg.bad_samples,
+                                 datasets)
     results = []
     for name, evaluator in evaluators.items():
         metrics = evaluator(model)
@@ -163,7 +170,10 @@ def run(cfg: DictConfig) -> list[EvalResult]:
     return results
 
 
-main = hydra_entry("zeroshot", run)
+# run checks every dataset before loading the checkpoint: no separate preflight.
+main = hydra_entry("zeroshot", run, preflight=None, description=(
+    "Zero-shot classification and retrieval with a trained or converted lens (checkpoint=<lens folder>) on "
+    "the tasks of an eval group (eval=NAME); prints a table and writes JSON beside the checkpoint."))
 
 
 if __name__ == "__main__":
