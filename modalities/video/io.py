@@ -425,8 +425,8 @@ def _probe_folder(folder: Path, opts: DecodeOptions) -> VideoInfo:
         raise SampleError(folder, f"frame folder holds no frames named like {opts.frame_template.format(opts.frame_start)}")
     expected = list(range(opts.frame_start, opts.frame_start + len(numbers)))
     if numbers != expected:
-        gap = next(n for n, e in zip(numbers + [None], expected) if n != e)
-        raise SampleError(folder, f"frame folder is missing {opts.frame_template.format(gap if gap is not None else expected[-1])} "
+        gap = next(e for n, e in zip(numbers, expected) if n != e)
+        raise SampleError(folder, f"frame folder is missing {opts.frame_template.format(gap)} "
                                   f"(frames must be numbered from {opts.frame_start} without gaps)")
     first = _read_image(folder / opts.frame_template.format(opts.frame_start))
     count = len(numbers)

@@ -51,8 +51,11 @@ def write_video(path: Path, num_frames: int = 30, *, codec: str = "libx264", rat
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"
-        if gop is not None:
+        stream.bit_rate = 2_000_000  # high enough that every frame's level survives (mpeg4, vp8)
+        if gop is not None:  # keyframes exactly every `gop` frames
             stream.codec_context.gop_size = gop
+            if codec == "libx264":
+                stream.options = {"x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
         if frame_times is not None:
             stream.codec_context.time_base = Fraction(1, 1000)
         if rotation:
