@@ -145,7 +145,9 @@ def test_ddp_contrastive_matches_single_process(results, name):
         assert logs == pytest.approx(ref_logs, abs=1e-5)
         assert grads.keys() == ref_grads.keys()
         for n in ref_grads:
-            torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-5, atol=1e-5, msg=n)
+            # the gradients are far above the tolerance, so a missing or partial sync fails here
+            assert ref_grads[n].abs().max() > 100 * 1e-6, (n, ref_grads[n].abs().max())
+            torch.testing.assert_close(grads[n], ref_grads[n], rtol=0, atol=1e-6, msg=n)
 
 
 def test_single_process_without_world_size(monkeypatch):
