@@ -18,7 +18,7 @@ from omniclip.modalities.pointcloud import convert as _converters  # noqa: F401 
 from omniclip.modalities.pointcloud.datasets import build_dataset
 from omniclip.modalities.pointcloud.lens_configs import LENSES, TOKENIZERS
 from omniclip.modalities.pointcloud.templates import TEMPLATES
-from omniclip.modalities.pointcloud.tokenizers import PointBertTokenizer, PointNet2Tokenizer
+from omniclip.modalities.pointcloud.tokenizers import PointBertTokenizer, PointNet2Tokenizer, required_points
 from omniclip.modality import Modality, TrunkSpec, default_collate
 
 _TOKENIZER_CLASSES: dict[str, type[nn.Module]] = {"pointbert": PointBertTokenizer, "pnsa": PointNet2Tokenizer}
@@ -64,6 +64,25 @@ class PointCloudModality(Modality):
         self, cfg: Mapping[str, Any], split: str, image_transform: Callable[[Any], torch.Tensor] | None = None
     ) -> Dataset:
         return build_dataset(cfg, split, image_transform)
+
+    def check_data(self, tokenizer: nn.Module, cfg: Mapping[str, Any]) -> None:
+        """ConfigError (key ``num_points``) when dataset ``cfg`` makes clouds too small for ``tokenizer``.
+
+        Call it once the model and before the data are built: otherwise the first step fails
+        inside farthest-point sampling. ``num_points: null`` keeps each file's count, and then
+        ``min_points`` (each file's floor) must cover the tokenizer.
+        """
+        need = required_points(tokenizer)
+        layer = getattr(tokenizer, "sa", tokenizer)
+        tokenizer_keys = f"modality.tokenizer.num_groups={layer.num_groups}, group_size={layer.group_size}"
+        num_points = cfg.get("num_points", 8192)
+        if num_points is not None and int(num_points) < need:
+            raise ConfigError("num_points", f"{num_points} points per cloud cannot make the tokenizer's groups "
+                                            f"({tokenizer_keys}): set num_points >= {need}")
+        if num_points is None and int(cfg.get("min_points", 32)) < need:
+            raise ConfigError("min_points", f"{cfg.get('min_points', 32)} with num_points: null lets clouds smaller "
+                                            f"than the tokenizer's groups through ({tokenizer_keys}): set "
+                                            f"min_points >= {need}")
 
     def collate(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """`default_collate`, with clouds of different sizes padded by `pad_clouds`."""

@@ -683,7 +683,11 @@ def read_regular_file(path: Path, max_bytes: int = MAX_BYTES) -> bytes:
         if info.st_size > max_bytes:
             raise SampleError(path, f"{info.st_size} bytes, more than the {max_bytes}-byte limit (max_bytes)")
         try:
-            return handle.read(max_bytes + 1)
+            # read() preallocates its argument: ask for the size fstat gave, then make sure that was all
+            data = handle.read(info.st_size)
+            if handle.read(1):
+                raise SampleError(path, "the file grew while it was read; refusing it")
+            return data
         except OSError as err:
             raise SampleError(path, f"cannot read the file ({err.strerror})") from None
 
@@ -834,6 +838,8 @@ def read_h5_split(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.exists():
         raise SampleError(path, "file not found")
+    if not path.is_file():  # HDF5 would block on a FIFO
+        raise SampleError(path, "not a regular file (a directory, FIFO, socket or device)")
     try:
         with h5py.File(path, "r") as h5:
             missing = [name for name in ("data", "label") if name not in h5]

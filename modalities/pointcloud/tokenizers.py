@@ -26,6 +26,23 @@ def _check_points(points: Tensor, channels: Sequence[int]) -> None:
         raise ValueError(f"point cloud must have shape {want}, got {list(points.shape)}")
 
 
+def required_points(tokenizer: nn.Module) -> int:
+    """Fewest points per cloud ``tokenizer`` can group: FPS picks ``num_groups`` distinct centres
+    and each group takes ``group_size`` distinct neighbours."""
+    layer = getattr(tokenizer, "sa", tokenizer)
+    return max(int(layer.num_groups), int(layer.group_size))
+
+
+def _check_enough(points: Tensor, tokenizer: nn.Module) -> None:
+    need = required_points(tokenizer)
+    if points.shape[1] < need:
+        layer = getattr(tokenizer, "sa", tokenizer)
+        raise ValueError(
+            f"clouds of {points.shape[1]} points cannot make {layer.num_groups} groups of {layer.group_size} "
+            f"(modality.tokenizer.num_groups / group_size): set the datasets' num_points to at least {need}"
+        )
+
+
 class MiniPointNet(nn.Module):
     """Point-BERT group encoder: shared per-point MLP, max-pool, global+local concat, MLP, max-pool."""
 
@@ -86,6 +103,7 @@ class PointBertTokenizer(nn.Module):
     def forward(self, points: Tensor) -> Tensor:
         """[B, N, 3 or 6] -> tokens plus their position embedding, [B, num_groups, token_dim]."""
         _check_points(points, (3, 6))
+        _check_enough(points, self)
         neighbourhood, centres = self.group(points[..., :3])
         return self.reduce_dim(self.encoder(neighbourhood)) + self.pos_embed(centres)
 
@@ -176,6 +194,7 @@ class PointNet2Tokenizer(nn.Module):
     def forward(self, points: Tensor) -> Tensor:
         """[B, N, in_channels] -> [B, num_groups, token_dim]."""
         _check_points(points, (self.in_channels,))
+        _check_enough(points, self)
         start = self.fps_start if self.training else self.eval_fps_start
         centres, features = self.sa(points[..., :3], points, start)
         return self.lift(torch.cat([centres.transpose(1, 2), features], dim=1))
