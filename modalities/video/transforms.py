@@ -1,8 +1,10 @@
 """Clip transforms on uint8 ``[T, 3, H, W]``, the same random parameters for every frame.
 
 torchvision.transforms.v2 draws a transform's parameters once per call and applies them to all
-leading dimensions of a `tv_tensors.Video`, so a clip is cropped, flipped and jittered as one
-picture. (No pytorchvideo: its transforms import a module torchvision removed.)
+leading dimensions of a plain tensor, so a clip ``[T, 3, H, W]`` is cropped, flipped and jittered
+as one picture. It is passed as a plain tensor, not a `tv_tensors.Video`: torchvision 0.26 has no
+grayscale kernel for videos and `RandomGrayscale` passes a Video through unchanged. (No
+pytorchvideo: its transforms import a module torchvision removed.)
 
 Training (ViFi-CLIP / X-CLIP / ILA): short side to ``short_side`` (256 = 224 / 0.875), a
 multi-scale crop (mmaction's ``MultiScaleCrop``: scales 1, .875, .75, .66 of the short side,
@@ -27,7 +29,6 @@ import torch
 import torchvision.transforms.v2 as v2
 import torchvision.transforms.v2.functional as TF
 from torch import nn
-from torchvision import tv_tensors
 
 from omniclip.errors import ConfigError
 
@@ -158,7 +159,7 @@ class ClipTransform:
     def __call__(self, clip: torch.Tensor) -> torch.Tensor:
         if clip.dim() != 4 or clip.shape[1] != 3 or clip.dtype != torch.uint8:
             raise ValueError(f"expected a uint8 clip [T, 3, H, W], got {clip.dtype} {tuple(clip.shape)}")
-        out = self.spatial(tv_tensors.Video(clip)).as_subclass(torch.Tensor)
+        out = self.spatial(clip)
         if not self.train and self.opts.num_crops == 3:
             out = three_crop(out, self.opts.size)
         return out if self.normalize is None else self.normalize(out)
