@@ -382,30 +382,55 @@ def test_video_frames_need_a_decoder(tmp_path, monkeypatch):
     assert len(build_dataset({"name": "audioset", "root": str(root), "video_dir": "video"}, "test")) == 4
 
 
-def test_video_frame_at_the_clip_centre_is_the_image_anchor(tmp_path, monkeypatch):
-    from PIL import Image
+def write_video(path: Path, seconds: float = 2.0, fps: int = 10, size: int = 32) -> Path:
+    """A real MPEG-4 video (PyAV) whose frame i is red level 12 * i: the colour tells the time."""
+    import av
 
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(int(seconds * fps)):
+            rgb = np.zeros((size, size, 3), np.uint8)
+            rgb[..., 0] = 12 * i
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def red_frame_index(image) -> float:
+    return image.convert("RGB").getpixel((16, 16))[0] / 12
+
+
+def test_read_video_frame_decodes_a_real_video_with_pyav(tmp_path):
+    path = write_video(tmp_path / "clip.mp4")
+    assert datasets.video_backend() == "av"
+    for seconds, frame in ((0.0, 0), (0.5, 5), (1.0, 10), (1.5, 15), (9.0, 19)):  # past the end: the last frame
+        image = datasets.read_video_frame(path, seconds)
+        assert image.size == (32, 32)
+        assert red_frame_index(image) == pytest.approx(frame, abs=0.35)
+    (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(100))
+    with pytest.raises(SampleError, match=r"broken\.mp4: cannot decode a video frame at 1\.0 s: "):
+        datasets.read_video_frame(tmp_path / "broken.mp4", 1.0)
+
+
+def test_video_frame_at_the_clip_centre_is_the_image_anchor(tmp_path):
     root = make_audioset(tmp_path / "as")
     (root / "video").mkdir()
     for ytid in ("--PJHxphWEs", "-0RWZT-miFs"):
-        (root / "video" / f"{ytid}.mp4").write_bytes(b"not decoded in this test")
-    calls = []
-
-    def fake_frame(path, seconds):
-        calls.append((path.name, seconds))
-        return Image.new("RGB", (4, 4), (int(seconds * 20), 0, 0))
-
-    monkeypatch.setattr(datasets, "video_backend", lambda: "av")
-    monkeypatch.setattr(datasets, "read_video_frame", fake_frame)
+        write_video(root / "video" / f"{ytid}.mp4")
     ds = build_dataset({"name": "audioset", "root": str(root), "video_dir": "video", **clip_cfg()}, "train",
-                       lambda img: torch.tensor(img.getpixel((0, 0)), dtype=torch.float32))
-    torch.manual_seed(4)
-    np.random.seed(4)
-    sample = ds[1]
-    (name, at), = calls
-    assert name == "-0RWZT-miFs.mp4" and at in (0.0, 0.5, 1.0)
-    assert sample["image_key"] == f"video/-0RWZT-miFs.mp4@{at:.1f}s"
-    assert sample["image"].tolist() == [at * 20, 0.0, 0.0]
+                       lambda img: torch.tensor(img.getpixel((16, 16)), dtype=torch.float32))
+    for seed in range(8):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        sample = ds[1]
+        # a 0.5 s clip of a 1 s file is centred between 0.25 s and 0.75 s: rounded to 0.5 s
+        at = float(sample["image_key"].rsplit("@", 1)[1].removesuffix("s"))
+        assert sample["image_key"] == f"video/-0RWZT-miFs.mp4@{at:.1f}s" and at == 0.5
+        assert sample["image"][0].item() / 12 == pytest.approx(5, abs=0.35)  # the frame shown at 0.5 s
     with pytest.raises(SampleError, match=r"-1LrH01Ei1w.wav: no video named -1LrH01Ei1w or Y-1LrH01Ei1w"):
         ds[2]
 
