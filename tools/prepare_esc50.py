@@ -57,6 +57,9 @@ def prepare(src: Path, out: Path) -> dict[int, int]:
     missing: list[str] = []
     with (out / "meta" / "esc50.csv").open(newline="") as handle:
         for line, row in enumerate(csv.DictReader(handle), 2):
+            for column in ("target", "fold"):
+                if not str(row.get(column)).strip().isdigit():
+                    raise ValueError(f"meta/esc50.csv line {line}: `{column}` is {row.get(column)!r}, not an integer")
             target = int(row["target"])
             if not 0 <= target < len(names) or names[target] != row["category"].replace("_", " "):
                 raise ValueError(f"meta/esc50.csv line {line}: `{row['category']}` / target {target} "

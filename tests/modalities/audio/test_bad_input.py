@@ -293,3 +293,34 @@ def test_allow_outside_root_reads_a_file_outside(tmp_path):
     ds = build_dataset({"name": "audioset", "root": str(audioset), "segments": "manifest.csv",
                         "allow_outside_root": True, **clip_cfg(num_clips=1)}, "test")
     assert ds[0]["path"] == str(outside) and ds[0]["inputs"].shape == (1, SR // 2)
+
+
+def write_m4a(path: Path, seconds: float, sr: int = 22050, freq: float = 440.0) -> Path:
+    """AAC audio in an MP4 container (PyAV): a format only FFmpeg decodes."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=sr)
+        stream.layout = "mono"
+        data = tone(seconds, sr, freq, amplitude=0.4)
+        for i in range(0, len(data), 1024):
+            frame = av.AudioFrame.from_ndarray(data[None, i:i + 1024], format="fltp", layout="mono")
+            frame.sample_rate = sr
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_long_ffmpeg_file_is_read_per_clip_too(tmp_path, monkeypatch):
+    from omniclip.modalities.audio.io import load_clips
+
+    path = write_m4a(tmp_path / "long.m4a", 8.0)
+    whole = load_audio(path)
+    assert abs(whole.numel() - 8 * SR) < SR // 10 and peak_hz(whole) == pytest.approx(440, abs=0.5)
+    reads = spy_reads(monkeypatch)
+    clips, centres = load_clips(path, SR, 1.0, 3, train=False, max_decode_seconds=2.0)
+    assert len(reads) == 3 and all(stop - start < 1.2 * 22050 for start, stop in reads)
+    starts = torch.round(centres * SR - SR / 2).long()
+    torch.testing.assert_close(clips, sample_clips(whole, SR, 1.0, 3, train=False, starts=starts), rtol=0, atol=1e-4)

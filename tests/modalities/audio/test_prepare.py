@@ -71,3 +71,12 @@ def test_clotho_from_extracted_zenodo_downloads(tmp_path, capsys):
     (src / "clotho_audio_validation.7z").write_bytes(b"7z")
     assert tool.main([str(src), str(tmp_path / "out2")]) == 2
     assert "extract clotho_audio_validation.7z first (7z x clotho_audio_validation.7z)" in capsys.readouterr().err
+
+
+def test_esc50_tool_names_the_line_of_a_non_integer_target(tmp_path, capsys):
+    tool = load_tool("prepare_esc50")
+    src = make_esc50(tmp_path / "src", rows=((1, 0), (2, 1)))
+    meta = src / "meta" / "esc50.csv"
+    meta.write_text(meta.read_text().replace(",2,1,rooster,", ",2,one,rooster,"))
+    assert tool.main([str(src), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == "prepare_esc50: meta/esc50.csv line 3: `target` is 'one', not an integer\n"
