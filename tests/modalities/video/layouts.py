@@ -61,9 +61,10 @@ def make_ucf101(root: Path, lists_dir: str = "ucfTrainTestlist") -> Path:
     (lists / "classInd.txt").write_text("".join(f"{i} {c}\r\n" for i, c in enumerate(UCF_CLASSES, 1)))
     train = [("Archery", "g08_c01"), ("YoYo", "g09_c02"), ("ApplyEyeMakeup", "g10_c03")]
     test = [("YoYo", "g01_c01"), ("ApplyEyeMakeup", "g02_c04")]
-    (lists / "trainlist01.txt").write_text(
-        "".join(f"{c}/v_{c}_{g}.avi {UCF_CLASSES.index(c) + 1}\r\n" for c, g in train))
-    (lists / "testlist01.txt").write_text("".join(f"{c}/v_{c}_{g}.avi\r\n" for c, g in test))
+    for fold in (1, 2, 3):  # the same videos in each split here; the real ones differ
+        (lists / f"trainlist0{fold}.txt").write_text(
+            "".join(f"{c}/v_{c}_{g}.avi {UCF_CLASSES.index(c) + 1}\r\n" for c, g in train))
+        (lists / f"testlist0{fold}.txt").write_text("".join(f"{c}/v_{c}_{g}.avi\r\n" for c, g in test))
     for c, g in train + test:
         video(root / "UCF-101" / c / f"v_{c}_{g}.avi", codec="mpeg4")
     return root
