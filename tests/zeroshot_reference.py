@@ -87,14 +87,26 @@ def recall_at(similarity: torch.Tensor, correct: torch.Tensor, k: int) -> float:
     return 100 * found / similarity.shape[0]
 
 
-def reference_metrics(lens_dir: str | Path, task: Mapping[str, Any], key: str = "eval") -> dict[str, float]:
-    """Every metric `omniclip.zeroshot.evaluate_task` reports for ``task`` with the lens export."""
+def reference_scores(lens_dir: str | Path, task: Mapping[str, Any], key: str = "eval") -> dict[str, Any]:
+    """Item embeddings, labels and (classification) class scores [N, C] for ``task``."""
     model, backbone, config = load_lens_model(lens_dir)
     model.eval()
     modality = get_modality(config["modality"])
     dataset = task_dataset(modality, task, key)
     items, labels = item_embeddings(model, modality, dataset)
-    if task.get("type", "classification") == "retrieval":
+    out = {"items": items, "labels": labels, "dataset": dataset, "backbone": backbone}
+    if task.get("type", "classification") == "classification":
+        names = getattr(dataset, "class_names", None) or modality.class_names(task["dataset"]["name"])
+        classifier = class_embeddings(backbone, list(names), modality.template_set(task.get("templates")))
+        out.update(class_names=list(names), scores=items @ classifier.T)
+    return out
+
+
+def reference_metrics(lens_dir: str | Path, task: Mapping[str, Any], key: str = "eval") -> dict[str, float]:
+    """Every metric `omniclip.zeroshot.evaluate_task` reports for ``task`` with the lens export."""
+    ref = reference_scores(lens_dir, task, key)
+    items, labels, dataset, backbone = ref["items"], ref["labels"], ref["dataset"], ref["backbone"]
+    if "scores" not in ref:  # retrieval
         captions = dataset.captions
         texts = [c for item in captions for c in item]
         with torch.no_grad():
@@ -107,12 +119,18 @@ def reference_metrics(lens_dir: str | Path, task: Mapping[str, Any], key: str = 
             metrics[f"text_to_item_R@{k}"] = recall_at(similarity, correct, k)
             metrics[f"item_to_text_R@{k}"] = recall_at(similarity.T, correct.T, k)
         return metrics
-    names = getattr(dataset, "class_names", None) or modality.class_names(task["dataset"]["name"])
-    classifier = class_embeddings(backbone, list(names), modality.template_set(task.get("templates")))
-    scores = items @ classifier.T
     if getattr(dataset, "multilabel", False):
-        return {"mAP": mean_average_precision(scores, torch.stack(labels))}
-    return classification(scores, [int(label) for label in labels])
+        return {"mAP": mean_average_precision(ref["scores"], torch.stack(labels))}
+    return classification(ref["scores"], [int(label) for label in labels])
+
+
+def designed_labels(scores: torch.Tensor) -> list[int]:
+    """Labels that fix the answer: each even sample's label is its best-scored class, each odd
+    sample's its fifth best. A correct evaluation then reports top-1 = ceil(N/2)/N and top-5 =
+    100 exactly; a classifier in another class order, other prompts, other embeddings or a
+    top-k cut one place early would not."""
+    ranked = scores.argsort(dim=1, descending=True)
+    return [int(ranked[i, 0 if i % 2 == 0 else 4]) for i in range(scores.shape[0])]
 
 
 def assert_matches_reference(result: Any, lens_dir: str | Path, task: Mapping[str, Any]) -> dict[str, float]:

@@ -8,15 +8,19 @@ the trunk.
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from omniclip import train, zeroshot
+from omniclip.modalities.audio.datasets import esc50_class_names
 from tests.modalities.audio.test_datasets import make_audiocaps, make_audioset, make_clotho, make_esc50, make_vggsound
-from tests.zeroshot_reference import assert_matches_reference
+from tests.zeroshot_reference import assert_matches_reference, designed_labels, reference_scores
 
 SHORT = "clip_seconds=0.5"
 
@@ -37,17 +41,41 @@ def train_debug(tmp_path, experiment: str, overrides: list[str]):
     return lens_dir
 
 
+def compose_zeroshot(tmp_path, lens_dir, eval_name: str, overrides: list[str]):
+    with initialize_config_module("omniclip.recipes", version_base="1.3"):
+        return compose("zeroshot", [f"eval={eval_name}", f"checkpoint={lens_dir}", "num_workers=0",
+                                    f"anchors.cache_dir={tmp_path / 'anchors'}", *overrides])
+
+
 def zero_shot(tmp_path, lens_dir, eval_name: str, overrides: list[str]):
     """Run ``omniclip-zeroshot``; every reported metric must equal an independent computation
     from the lens's own embeddings (clips averaged per file, prompts per class)."""
-    with initialize_config_module("omniclip.recipes", version_base="1.3"):
-        cfg = compose("zeroshot", [f"eval={eval_name}", f"checkpoint={lens_dir}", "num_workers=0",
-                                   f"anchors.cache_dir={tmp_path / 'anchors'}", *overrides])
+    cfg = compose_zeroshot(tmp_path, lens_dir, eval_name, overrides)
     results = zeroshot.run(cfg)
     tasks = OmegaConf.to_container(cfg.eval, resolve=True)["tasks"]
     for result in results:
         assert_matches_reference(result, lens_dir, tasks[result.dataset])
     return results
+
+
+def relabel_esc50(src: Path, dst: Path, targets: list[int]) -> Path:
+    """A copy of an ESC-50 root whose rows (same order, same audio) carry ``targets``."""
+    names = esc50_class_names()
+    with (src / "meta" / "esc50.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(targets)
+    (dst / "meta").mkdir(parents=True)
+    (dst / "audio").mkdir()
+    for row, target in zip(rows, targets):
+        fold, clip_id, take = row["filename"].split("-")[:3]
+        name = f"{fold}-{clip_id}-{take}-{target}.wav"
+        shutil.copy(src / "audio" / row["filename"], dst / "audio" / name)
+        row.update(filename=name, target=str(target), category=names[target].replace(" ", "_"))
+    with (dst / "meta" / "esc50.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return dst
 
 
 def task(name: str, root, *extra: str) -> list[str]:
@@ -63,6 +91,12 @@ def test_vitlens_l_audioset_then_esc50_and_audioset(tmp_path):
                                                             f"data.train.{SHORT}"])
     (esc50,) = zero_shot(tmp_path, lens_dir, "esc50", task("esc50", esc))
     assert esc50.dataset == "esc50" and esc50.num_samples == 6
+    # ESC-50 relabelled so that the answer is known: top-1 exactly 50 %, top-5 exactly 100 %.
+    cfg = compose_zeroshot(tmp_path, lens_dir, "esc50", task("esc50", esc))
+    scores = reference_scores(lens_dir, OmegaConf.to_container(cfg.eval, resolve=True)["tasks"]["esc50"])["scores"]
+    known = relabel_esc50(esc, tmp_path / "esc_known", designed_labels(scores))
+    (designed,) = zero_shot(tmp_path, lens_dir, "esc50", task("esc50", known))
+    assert designed.metrics["top1"] == pytest.approx(50.0) and designed.metrics["top5"] == pytest.approx(100.0)
     (mean_ap,) = zero_shot(tmp_path, lens_dir, "audioset", task("audioset", audioset))
     assert mean_ap.num_samples == 4 and set(mean_ap.metrics) == {"mAP", "num_samples"}
 
