@@ -37,11 +37,13 @@ from __future__ import annotations
 import bisect
 import functools
 import io
-import multiprocessing
 import os
+import pickle
 import re
+import select
 import signal
 import threading
+import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -227,41 +229,62 @@ def _deadline(seconds: float | None, source: VideoSource) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _child(conn: Any, fn: Callable[..., Any], args: tuple) -> None:
+def _child_result(fn: Callable[..., Any], args: tuple) -> tuple[str, Any]:
     try:
-        conn.send(("ok", fn(*args)))
+        return "ok", fn(*args)
     except SampleError as err:
-        conn.send(("sample", (err.path, err.problem)))
+        return "sample", (err.path, err.problem)
     except BaseException as err:  # noqa: BLE001 - everything goes back to the parent
-        conn.send(("error", f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"))
-    finally:
-        conn.close()
+        return "error", f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
 
 
 def _isolated(fn: Callable[..., Any], args: tuple, seconds: float | None, source: VideoSource) -> Any:
     """``fn(*args)`` in a forked child; killed (SIGKILL) when it outlives ``seconds``.
 
-    Fork, not spawn: the child inherits the imported modules, so the call costs a fork (a few
-    ms), not an interpreter start.
+    A bare ``os.fork``, not `multiprocessing`: DataLoader workers are daemonic processes, which
+    multiprocessing forbids to have children. The child inherits the imported modules, so the
+    call costs a fork (a few ms), and it leaves through ``os._exit`` (no cleanup handlers of the
+    parent run twice). The result comes back pickled through a pipe.
     """
-    ctx = multiprocessing.get_context("fork")
-    parent, child = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child, args=(child, fn, args), daemon=True)
-    process.start()
-    child.close()
-    try:
-        if not parent.poll(seconds if seconds else None):
-            raise DecodeTimeout(_name(source), f"decoding did not finish within {seconds:g} s (timeout; "
-                                               "the decoding process was killed)")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 0
         try:
-            kind, value = parent.recv()
-        except EOFError:
-            raise SampleError(_name(source), f"the decoding process died (exit code {process.exitcode})") from None
+            os.close(read_end)
+            data = pickle.dumps(_child_result(fn, args), protocol=pickle.HIGHEST_PROTOCOL)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(write_end, view):]
+        except BaseException:  # noqa: BLE001 - the parent reports a child that sent nothing
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + seconds if seconds else None
+    try:
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise DecodeTimeout(_name(source), f"decoding did not finish within {seconds:g} s (timeout; "
+                                                   "the decoding process was killed)")
+            ready, _, _ = select.select([read_end], [], [], left)
+            if ready:
+                chunk = os.read(read_end, 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
     finally:
-        if process.is_alive():
-            process.kill()
-        process.join()
-        parent.close()
+        os.close(read_end)
+        try:
+            os.kill(pid, signal.SIGKILL)  # a no-op for a child that already finished
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+    if not chunks:
+        raise SampleError(_name(source), "the decoding process died without a result")
+    kind, value = pickle.loads(b"".join(chunks))
     if kind == "sample":
         raise SampleError(*value)
     if kind == "error":

@@ -238,3 +238,22 @@ def test_isolated_decoding_returns_the_same_frames_and_errors(videos, tmp_path):
     assert torch.equal(read_frames(path, INDICES, opts), read_frames(path, INDICES, DecodeOptions(backend="pyav")))
     with pytest.raises(SampleError, match=r"frame 99 requested"):
         read_frames(path, [99], opts)
+
+
+class _IsolatedReads(torch.utils.data.Dataset):
+    def __init__(self, path):
+        self.path = path
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        return read_frames(self.path, [index, 20], DecodeOptions(backend="pyav", isolate=True))
+
+
+def test_isolated_decoding_works_inside_dataloader_workers(videos):
+    """DataLoader workers are daemonic: multiprocessing would refuse them a child; os.fork does not."""
+    path = videos["h264.mp4"]
+    loader = torch.utils.data.DataLoader(_IsolatedReads(path), batch_size=None, num_workers=1)
+    got = list(loader)
+    assert [[media.frame_index(f, 30) for f in frames] for frames in got] == [[0, 20], [1, 20]]
