@@ -11,7 +11,7 @@ web video), moving content plus noise, at 320x240 and 640x360. Indices: TSN trai
 1. Decoded frames/s per backend (PyAV, torchcodec, decord; whichever are installed): one
    `read_frames` per clip (probe included, as a dataset pays it), in this process (best of
    interleaved rounds, `benchtime.best_times`) and with 2 DataLoader workers (wall time of all
-   clips). Backends are checked to return identical frames before anything is timed.
+   clips, workers started and warmed up before). Backends are checked to return identical frames before anything is timed.
 2. Loader clips/s: the ``list`` dataset over the files, 8 TSN frames, training transforms
    (short side 256, multi-scale crop 224, flip, jitter, grayscale), uint8 to the device and
    normalised there, batches of 8, 2 workers, prefetch 4: the whole decode + sample + transform +
@@ -96,7 +96,8 @@ def decoder_table(files: dict[str, list[Path]], backends: list[str], repeats: in
             best = best_times(fns, torch.device("cpu"), repeats)
             for backend in backends:
                 loader = DataLoader(Reads(jobs * repeats, backend), batch_size=None, num_workers=workers,
-                                    persistent_workers=False)
+                                    persistent_workers=True)
+                sum(loader)  # start the workers and warm them up
                 t0 = time.perf_counter()
                 decoded = sum(loader)
                 parallel = decoded / (time.perf_counter() - t0)

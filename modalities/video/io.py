@@ -563,7 +563,7 @@ def _read_pyav(source: VideoSource, info: VideoInfo, indices: list[int], opts: D
                 else:
                     raise SampleError(name, f"frame {index} could not be decoded (truncated file?)")
         except _av_errors() as err:
-            raise SampleError(name, f"cannot decode frame {len(out) and indices[len(out)]}: {err}") from None
+            raise SampleError(name, f"cannot decode frame {indices[min(len(out), len(indices) - 1)]}: {err}") from None
     return np.stack(out)
 
 
