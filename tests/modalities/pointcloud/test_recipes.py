@@ -8,13 +8,15 @@ lens config must size itself from the trunk.
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from omniclip import train, zeroshot
-from tests.zeroshot_reference import assert_matches_reference
+from tests.zeroshot_reference import assert_matches_reference, designed_labels, reference_scores
 from tests.modalities.pointcloud.test_datasets import (
     make_modelnet40,
     make_objaverse_lvis,
@@ -49,24 +51,55 @@ def run_experiment(tmp_path, experiment: str, overrides: list[str], eval_name: s
     config = json.loads((lens_dir / "config.json").read_text())
     assert config["modality"] == "pointcloud" and config["backbone"]["name"] == "omniclip-tiny"
     assert config["lens"]["latent_dim"] == 64 and config["lens"]["num_latents"] == 16  # sized from the trunk
+    results, tasks = evaluate(tmp_path, eval_name, eval_extra)
+    return config, results, tasks
+
+
+def evaluate(tmp_path, eval_name: str, eval_extra: list[str]):
+    """``omniclip-zeroshot`` on the exported lens; every reported metric must equal an
+    independent computation from the lens's own embeddings. Returns the results and the tasks."""
+    lens_dir = tmp_path / "run" / "lens"
     with initialize_config_module("omniclip.recipes", version_base="1.3"):
-        zcfg = compose("zeroshot", [f"eval={eval_name}", f"checkpoint={lens_dir}", "num_workers=0", *common,
-                                    *eval_extra])
+        zcfg = compose("zeroshot", [f"eval={eval_name}", f"checkpoint={lens_dir}", "num_workers=0",
+                                    f"anchors.cache_dir={tmp_path / 'anchors'}", *eval_extra])
     results = zeroshot.run(zcfg)
-    # Every reported metric equals an independent computation from the lens's own embeddings.
     tasks = OmegaConf.to_container(zcfg.eval, resolve=True)["tasks"]
-    references = {r.dataset: assert_matches_reference(r, lens_dir, tasks[r.dataset]) for r in results}
-    return config, results, references
+    for r in results:
+        assert_matches_reference(r, lens_dir, tasks[r.dataset])
+    return results, tasks
+
+
+def relabel_modelnet40(src: Path, dst: Path, labels: list[int]) -> Path:
+    """A copy of a ModelNet40 root whose test shapes (same order, same points) carry ``labels``."""
+    shutil.copytree(src, dst)
+    names = (src / "modelnet40_shape_names.txt").read_text().split()
+    ids = (src / "modelnet40_test.txt").read_text().split()
+    assert len(ids) == len(labels)
+    new_ids = []
+    for shape_id, label in zip(ids, labels):
+        shape, number = shape_id.rsplit("_", 1)
+        (dst / shape / f"{shape_id}.txt").unlink()
+        new_id = f"{names[label]}_{number}"
+        (dst / names[label]).mkdir(exist_ok=True)
+        shutil.copy(src / shape / f"{shape_id}.txt", dst / names[label] / f"{new_id}.txt")
+        new_ids.append(new_id)
+    (dst / "modelnet40_test.txt").write_text("\n".join(new_ids) + "\n")
+    return dst
 
 
 def test_vitlens_l_shapenet_debug(tmp_path):
     shapenet = make_ulip_shapenet(tmp_path / "shapenet-55")
     modelnet = make_modelnet40(tmp_path / "mn40", per_split=EVAL_SIZE)
-    config, results, _ = run_experiment(
+    config, results, tasks = run_experiment(
         tmp_path, "vitlens_l_shapenet", [f"data.train.root={shapenet}"],
         "modelnet40", eval_overrides("modelnet40", modelnet))
     assert config["tokenizer"]["name"] == "pointbert"
     assert results[0].dataset == "modelnet40" and results[0].num_samples == EVAL_SIZE
+    # Relabelled from the lens's own scores so that the answer is known exactly.
+    scores = reference_scores(tmp_path / "run" / "lens", tasks["modelnet40"])["scores"]
+    known = relabel_modelnet40(modelnet, tmp_path / "mn40_known", designed_labels(scores))
+    (designed,), _ = evaluate(tmp_path, "modelnet40", eval_overrides("modelnet40", known))
+    assert designed.metrics["top1"] == pytest.approx(50.0) and designed.metrics["top5"] == pytest.approx(100.0)
 
 
 def test_vitlens_l_objaverse_debug(tmp_path):
