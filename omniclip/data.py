@@ -389,8 +389,8 @@ def build_loader(
 
     ``batch_size`` is per rank and must equal ``sampler.batch_size`` (the sampler counts
     consumed keys in batches). ``persistent_workers=None`` means "when there are workers".
-    Workers ignore SIGINT and SIGTERM: a Ctrl-C reaches the whole process group, and the main
-    process, not its workers, decides how to stop (the trainer saves a checkpoint first).
+    Workers ignore SIGINT: a Ctrl-C reaches the whole process group, and the main process, not
+    its workers, decides how to stop (the trainer saves a checkpoint first).
 
     The loader draws its workers' base seed from a generator of its own, never from the global
     torch RNG: a resumed run restores the global RNG and then calls ``iter(loader)`` at a point
@@ -414,14 +414,14 @@ def build_loader(
         drop_last=sampler.drop_last,
         persistent_workers=persistent_workers,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
-        worker_init_fn=_ignore_stop_signals if num_workers > 0 else None,
+        worker_init_fn=_ignore_interrupts if num_workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
     )
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
+def _ignore_interrupts(worker_id: int) -> None:
+    # SIGTERM keeps its default: multiprocessing stops workers with it at shutdown.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # ------------------------------------------------------------------ dataset construction checks

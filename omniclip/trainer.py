@@ -92,8 +92,8 @@ class TrainerConfig:
     bad_samples: str = "stop"  # stop | skip
     max_skip_fraction: float = 0.1
     nonfinite: str = "stop"  # stop | skip
-    max_consecutive_nonfinite: int = 20  # with nonfinite=skip: stop after this many skipped steps in a row
-    max_nonfinite_steps: int = 100  # with nonfinite=skip: stop after this many skipped steps in the run
+    max_consecutive_nonfinite: int = 20  # stop when more steps than this in a row cannot update (skip, fp16 overflow)
+    max_nonfinite_steps: int = 100  # with nonfinite=skip: stop when more steps than this were skipped in the run
     checkpoint_every: int = 500
     keep_last: int | None = 3
     eval_every: int | None = None
@@ -302,7 +302,9 @@ class Trainer:
         """The partial batch a checkpoint was waiting to fill, rebuilt from its sample keys."""
         if not keys:
             return None
-        return self.loader.collate_fn([self.loader.dataset[key] for key in keys])
+        batch = self.loader.collate_fn([self.loader.dataset[key] for key in keys])
+        batch.pop("skipped", None)  # counted when these samples were first drawn
+        return batch
 
     def _load_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
         expected = self.trainable_weights()
@@ -345,7 +347,10 @@ class Trainer:
         last_time, samples_since = time.perf_counter(), 0
         with self._stop_signals():
             while self.step < end:
-                loss, logs, num_samples = self._train_step(batches)
+                try:
+                    loss, logs, num_samples = self._train_step(batches)
+                except _StopBeforeStep:
+                    self._interrupted(bar)
                 samples_since += num_samples
                 self.step += 1
                 if loss is not None:
@@ -426,7 +431,14 @@ class Trainer:
         norm_stats = _snapshot_norm_stats(self.trainable)
         total, logs, num_samples, finite = 0.0, {}, 0, True
         for micro in range(cfg.grad_accum_steps):
-            batch = next(batches)
+            try:
+                batch = next(batches)
+            except Exception:
+                # A SIGTERM sent to the whole job (slurm, torchrun) also ends the loader's workers;
+                # before the step's first forward nothing has changed since the last step.
+                if self._stop_signal is not None and micro == 0:
+                    raise _StopBeforeStep() from None
+                raise
             num_samples += batch_size_of(batch)
             sync = micro == cfg.grad_accum_steps - 1
             context = module.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
@@ -479,13 +491,13 @@ class Trainer:
         if counts_in_run:
             self.skipped_steps += 1
             log.warning(message + "; step skipped")
-        if self._consecutive_nonfinite >= cfg.max_consecutive_nonfinite:
+        if self._consecutive_nonfinite > cfg.max_consecutive_nonfinite:
             raise NonFiniteLossError(
                 f"{message}: {self._consecutive_nonfinite} steps in a row could not update the model "
                 f"(trainer.max_consecutive_nonfinite={cfg.max_consecutive_nonfinite}); lower trainer.lr or "
                 "check the data"
             )
-        if self.skipped_steps >= cfg.max_nonfinite_steps:
+        if self.skipped_steps > cfg.max_nonfinite_steps:
             raise NonFiniteLossError(
                 f"{message}: {self.skipped_steps} steps of this run were skipped "
                 f"(trainer.max_nonfinite_steps={cfg.max_nonfinite_steps}); lower trainer.lr or check the data"
@@ -596,6 +608,10 @@ class Trainer:
             self._wandb = None
 
 
+class _StopBeforeStep(Exception):
+    """A stop signal arrived and the data stream ended before the step began."""
+
+
 class _TrainStep(nn.Module):
     """model + objective as one module: batch -> (loss, logs)."""
 
@@ -645,9 +661,9 @@ def _restore_norm_stats(module: nn.Module, stats: Mapping[str, torch.Tensor]) ->
 
 def _record_step(line: str) -> float:
     try:
-        return float(json.loads(line).get("step", -1))
-    except (ValueError, AttributeError):
-        return -1.0  # a torn last line of a killed run: drop it with the steps after the checkpoint
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf  # a torn last line of a killed run: dropped with the steps after the checkpoint
 
 
 def _step_line(step: int, end: int, logs: Mapping[str, float]) -> str:
