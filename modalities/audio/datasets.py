@@ -49,7 +49,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from omniclip.modalities.audio.io import MAX_AMPLITUDE, MAX_DECODE_SECONDS, load_audio, load_clips
+from omniclip.modalities.audio.io import MAX_AMPLITUDE, MAX_DECODE_SECONDS, load_clips
 from omniclip.modalities.audio.templates import SOUND_TEMPLATES
 from torch.utils.data import ConcatDataset, Dataset
 
@@ -268,12 +268,6 @@ class AudioClips(Dataset):
     def target(self, item: Item) -> int | torch.Tensor | None:
         """The evaluation label of ``item`` (None for retrieval sets)."""
         return None
-
-    def load(self, path: Path) -> torch.Tensor:
-        """The whole waveform of ``path`` at the dataset's rate, with the dataset's checks."""
-        opts = self.opts
-        return load_audio(path, opts.sample_rate, allow_silent=opts.allow_silent,
-                          silence_threshold=opts.silence_threshold, max_amplitude=opts.max_amplitude)
 
     def clips(self, path: Path, num_clips: int, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """`load_clips` with the dataset's options: clips [n, T] and their centre times (s)."""

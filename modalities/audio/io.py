@@ -108,11 +108,16 @@ def _check_rate(path: Path, sr: int) -> None:
                                 f"{MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz); corrupt header?")
 
 
-def _soundfile_problem(err: Exception, path: Path, fmt: str) -> str:
+def _sndfile_reason(err: Exception, path: Path, fmt: str) -> str:
+    """libsndfile's complaint without the path it repeats, and without its pipe guess."""
     text = str(err).replace(f"Error opening {str(path)!r}: ", "")
-    if _SNDFILE_PIPE_TEXT in text:
+    if _SNDFILE_PIPE_TEXT in text:  # the file is known to be regular here
         text = f"libsndfile found no valid {fmt or 'audio'} data in it"
-    return f"cannot decode audio (corrupt or truncated file): {text}"
+    return text
+
+
+def _soundfile_problem(err: Exception, path: Path, fmt: str) -> str:
+    return f"cannot decode audio (corrupt or truncated file): {_sndfile_reason(err, path, fmt)}"
 
 
 def _open(path: Path) -> _Source:
@@ -152,7 +157,7 @@ def _ffmpeg_decoder(path: Path, sniff_error: Exception | None) -> Any:
         if sniff_error is not None:
             what = f"'{path.suffix}' file" if path.suffix else "file without a suffix"
             problem = (f"cannot decode audio: libsndfile does not recognise this {what} "
-                       f"({_soundfile_problem(sniff_error, path, '').split(': ', 1)[-1]}), and other formats "
+                       f"({_sndfile_reason(sniff_error, path, '')}), and other formats "
                        f"need FFmpeg and torchcodec (apt-get install ffmpeg; pip install torchcodec): {err}")
         else:
             problem = (f"decoding '{path.suffix}' files needs FFmpeg and torchcodec "
@@ -339,7 +344,9 @@ def _read_stretch(source: _Source, start: int, count: int, down: int, up: int, c
     offset = start - first // down * up
     out = wave[offset:offset + count]
     if out.numel() < count:  # the header promised more frames than the decoder gave
-        raise SampleError(source.path, f"truncated: {out.numel()} of {count} samples{span} decoded")
+        if source.exact_length or wave.numel() < count:
+            raise SampleError(source.path, f"truncated: {out.numel()} of {count} samples{span} decoded")
+        out = wave[-count:]  # an estimated length (MP3, FFmpeg) ran a little long: end at the real end
     return out
 
 
