@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from omniclip.errors import ConfigError, SampleError
@@ -37,7 +37,9 @@ def escape_problem(relative: Any) -> str | None:
         return f"path {text!r} holds a NUL byte"
     # Backslashes separate folders on Windows and in some zip writers; treat them as such here.
     posix = text.replace("\\", "/")
-    if posix.startswith("/") or PurePosixPath(posix).drive or (len(posix) > 1 and posix[1] == ":"):
+    # "C:\\x" and "c:x" name a drive on Windows (drive-relative for the latter)
+    drive = len(posix) > 1 and posix[1] == ":" and posix[0].isascii() and posix[0].isalpha()
+    if posix.startswith("/") or drive:
         return f"path {text!r} is absolute"
     normal = posixpath.normpath(posix)
     if normal == ".." or normal.startswith("../"):

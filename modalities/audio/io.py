@@ -339,14 +339,19 @@ def _read_stretch(source: _Source, start: int, count: int, down: int, up: int, c
     first = max(0, first_block - math.ceil(width / down)) * down
     stop = min(source.frames, (last_block + 1) * down + width + down)
     span = f" between {first / source.sr:.2f} s and {stop / source.sr:.2f} s"
-    mono = _checked_mono(source, _read(source, first, stop), **checks, span=span)
+    channels = _read(source, first, stop)
+    mono = _checked_mono(source, channels, **checks, span=span)
     wave = AF.resample(mono, orig_freq=down, new_freq=up) if down != up else mono
     offset = start - first // down * up
     out = wave[offset:offset + count]
     if out.numel() < count:  # the header promised more frames than the decoder gave
-        if source.exact_length or wave.numel() < count:
+        real_frames = first + channels.shape[1]
+        real_length = math.ceil(real_frames * up / down)
+        if source.exact_length or real_frames >= source.frames or real_length < count:
             raise SampleError(source.path, f"truncated: {out.numel()} of {count} samples{span} decoded")
-        out = wave[-count:]  # an estimated length (MP3, FFmpeg) ran a little long: end at the real end
+        # an estimated length (MP3, FFmpeg) ran long: learn the real one, end the clip there
+        source.frames = real_frames
+        return _read_stretch(source, real_length - count, count, down, up, checks)
     return out
 
 

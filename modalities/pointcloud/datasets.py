@@ -27,7 +27,9 @@ root or split file raises `ConfigError` at construction.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import pickle
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -373,12 +375,8 @@ def _read_openshape_npy(path: Path, opts: CloudOptions) -> np.ndarray:
         return read_cloud(path, opts)
     except PickledFileError:
         pass
-    import pickle
-
     data_bytes = read_regular_file(path)
     try:
-        import io
-
         obj = np.load(io.BytesIO(data_bytes), allow_pickle=True)
         data = obj.item() if isinstance(obj, np.ndarray) and obj.shape == () else obj
     except (OSError, ValueError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, TypeError) as err:

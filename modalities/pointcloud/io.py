@@ -328,8 +328,10 @@ def _read_pcd(data: bytes) -> _Shape:
                 "PCD header lists " + ", ".join(f"{n} {k}" for k, n in lengths.items())
                 + " entries; each field needs one SIZE, TYPE and COUNT"
             )
-        if num < 0 or min(counts, default=1) < 1 or min(sizes, default=1) < 1:
-            raise _FormatError(f"PCD header declares {num} points, SIZE {sizes}, COUNT {counts}: must be positive")
+        if num < 0:  # np.frombuffer reads "all that is left" for a count of -1
+            raise _FormatError(f"PCD header declares {num} points (a count must be >= 0)")
+        if min(sizes + counts, default=1) < 1:
+            raise _FormatError(f"PCD header declares SIZE {sizes} and COUNT {counts}; each must be >= 1")
         dtype = np.dtype(
             [
                 ((f if f != "_" else f"_pad{i}"), "<" + _PCD_KINDS[k] + str(s), (c,) if c > 1 else ())
@@ -702,7 +704,7 @@ def coordinate_problem(xyz: np.ndarray, kind: str = "points") -> str | None:
     finite = np.isfinite(xyz).all(axis=1)
     if not finite.all():
         return f"{int((~finite).sum())} of {len(xyz)} {kind} have NaN or inf coordinates"
-    if xyz.dtype.itemsize > 4 or xyz.dtype.kind in "iu":
+    if xyz.dtype.kind == "f" and xyz.dtype.itemsize > 4:  # float32 (or narrower) cannot overflow the cast
         beyond = (np.abs(xyz) > _FLOAT32_MAX).any(axis=1)
         if beyond.any():
             worst = float(np.abs(xyz).max())

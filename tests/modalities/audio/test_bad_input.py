@@ -324,3 +324,26 @@ def test_long_ffmpeg_file_is_read_per_clip_too(tmp_path, monkeypatch):
     assert len(reads) == 3 and all(stop - start < 1.2 * 22050 for start, stop in reads)
     starts = torch.round(centres * SR - SR / 2).long()
     torch.testing.assert_close(clips, sample_clips(whole, SR, 1.0, 3, train=False, starts=starts), rtol=0, atol=1e-4)
+
+
+def test_header_length_running_past_the_data(tmp_path):
+    """A clip read up to a header's end: an estimated length (MP3, FFmpeg) that runs long ends
+    the clip at the real end; an exact one (WAV) that the data does not fill is truncation."""
+    from omniclip.modalities.audio import io as audio_io
+
+    checks = dict(allow_silent=False, silence_threshold=1e-4, clip_warn_fraction=0.01, max_amplitude=1e8)
+    path = write(tmp_path / "tone.wav", tone(3.0, 22050), sr=22050)
+    whole = load_audio(path)
+    down, up = audio_io.resample_ratio(22050, SR)
+    for exact in (False, True):
+        source = audio_io._open(path)
+        source.frames += 2205  # the header claims 0.1 s more than the file holds
+        source.exact_length = exact
+        length = math.ceil(source.frames * up / down)
+        if exact:
+            with pytest.raises(SampleError) as err:
+                audio_io._read_stretch(source, length - SR, SR, down, up, checks)
+            assert err.value.problem == "truncated: 20286 of the 22491 frames from 45864 decoded (68355 declared)"
+        else:
+            out = audio_io._read_stretch(source, length - SR, SR, down, up, checks)
+            torch.testing.assert_close(out, whole[-SR:], rtol=0, atol=2e-6)

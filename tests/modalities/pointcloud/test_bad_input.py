@@ -80,6 +80,12 @@ CORPUS: list[tuple[str, str, Callable[[], bytes], dict, str]] = [
      "ascii PLY has 2 lines after its last element 'vertex': the header's element counts are below the data"),
     ("pcd_fields_outnumber_size_type", "fields.pcd", pcd_more_fields_than_sizes, {},
      "PCD header lists 4 FIELDS, 3 SIZE, 3 TYPE, 4 COUNT entries; each field needs one SIZE, TYPE and COUNT"),
+    ("pcd_points_minus_one", "neg.pcd",
+     lambda: pcd_header("x y z", "4 4 4", "F F F", -1, "binary") + XYZ.tobytes(), {},
+     "PCD header declares -1 points (a count must be >= 0)"),
+    ("pcd_size_zero", "size0.pcd",
+     lambda: pcd_header("x y z", "4 4 0", "F F F", 7, "binary") + XYZ.tobytes(), {},
+     "PCD header declares SIZE [4, 4, 0] and COUNT [1, 1, 1]; each must be >= 1"),
     ("float64_beyond_float32", "huge.npy",
      lambda: npy_bytes({"descr": "<f8", "fortran_order": False, "shape": (7, 3)},
                        np.where(np.arange(21).reshape(7, 3) == 4, 1e300, XYZ.astype("<f8")).tobytes()), {},
@@ -155,6 +161,16 @@ def test_fifo_named_txt_is_refused_without_blocking(tmp_path):
     with time_limit(5), pytest.raises(SampleError) as err:
         read_point_cloud(fifo)
     assert str(err.value) == f"{fifo}: not a regular file (a FIFO, socket or device); refusing to read it"
+
+
+def test_fifo_named_h5_is_refused_without_blocking(tmp_path):
+    from omniclip.modalities.pointcloud.io import read_h5_split
+
+    fifo = tmp_path / "test_objectdataset.h5"
+    os.mkfifo(fifo)
+    with time_limit(5), pytest.raises(SampleError) as err:
+        read_h5_split(fifo)
+    assert str(err.value) == f"{fifo}: not a regular file (a directory, FIFO, socket or device)"
 
 
 def test_oversized_file_is_refused_before_reading(tmp_path):
