@@ -35,6 +35,10 @@ share of every YouTube dataset); those are listed in ``dataset.missing``. A file
 or manifest names explicitly and that is absent raises `SampleError` when it is read.
 With ``video_dir`` set, training samples of the YouTube datasets carry the video frame at the
 clip's centre as image anchor (PyAV or torchcodec must be installed).
+
+Paths read from CSVs and manifests (ESC-50, Clotho, a prepared AudioSet manifest) must stay
+inside the dataset root unless ``allow_outside_root: true``. Files longer than
+``max_decode_seconds`` are read clip by clip (`load_clips`), never decoded whole.
 """
 
 from __future__ import annotations

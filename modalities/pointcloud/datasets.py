@@ -22,6 +22,10 @@ Every dataset turns a file into a float32 tensor [num_points, 3] (or [num_points
 swapped if asked (OpenShape data is z-up), centred and scaled to the unit sphere, and augmented
 in the train split. Problems with one file raise `SampleError` from ``__getitem__``; a missing
 root or split file raises `ConfigError` at construction.
+
+Paths read from data files (split lists, manifests) must stay inside the dataset root: an
+absolute path or one climbing out with ``..`` is refused (`omniclip.paths.resolve_in_root`)
+unless the dataset sets ``allow_outside_root: true``.
 """
 
 from __future__ import annotations
