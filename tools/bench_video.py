@@ -68,15 +68,24 @@ def write_file(path: Path, width: int, height: int, seconds: float = 10.0, fps: 
 class Reads(Dataset):
     """One `read_frames` call per item, for the 2-worker decoder figure."""
 
-    def __init__(self, jobs: list[tuple[Path, np.ndarray]], backend: str):
-        self.jobs, self.backend = jobs, backend
+    def __init__(self, jobs: list[tuple[Path, np.ndarray]], opts: DecodeOptions):
+        self.jobs, self.opts = jobs, opts
 
     def __len__(self) -> int:
         return len(self.jobs)
 
     def __getitem__(self, index: int) -> int:
         path, indices = self.jobs[index]
-        return read_frames(path, indices, DecodeOptions(backend=self.backend)).shape[0]
+        return read_frames(path, indices, self.opts).shape[0]
+
+
+def decoder_configs(backends: list[str]) -> dict[str, DecodeOptions]:
+    """Each backend as the datasets use it; decord also without its forked child (``isolate``),
+    to show what the hang protection costs."""
+    configs = {b: DecodeOptions(backend=b) for b in backends}
+    if "decord" in backends:
+        configs["decord-nofork"] = DecodeOptions(backend="decord", isolate=False)
+    return configs
 
 
 def decoder_table(files: dict[str, list[Path]], backends: list[str], repeats: int, workers: int) -> dict:
@@ -86,22 +95,22 @@ def decoder_table(files: dict[str, list[Path]], backends: list[str], repeats: in
             np.random.seed(frames)
             jobs = [(p, sample_indices(probe(p).num_frames, SamplingOptions(frames), train=True)[0]) for p in paths]
             reference = [read_frames(p, i, DecodeOptions(backend="pyav")) for p, i in jobs]
-            for backend in backends:
-                got = [read_frames(p, i, DecodeOptions(backend=backend)) for p, i in jobs]
-                same = all(torch.equal(a, b) for a, b in zip(got, reference))
-                if not same:
-                    print(f"  note: {backend} frames differ from PyAV's on {size} (not timed)")
-                    backends = [b for b in backends if b != backend]
-            fns = {b: (lambda b=b: [read_frames(p, i, DecodeOptions(backend=b)) for p, i in jobs]) for b in backends}
+            configs = {}
+            for name, opts in decoder_configs(backends).items():
+                if all(torch.equal(read_frames(p, i, opts), r) for (p, i), r in zip(jobs, reference)):
+                    configs[name] = opts
+                else:
+                    print(f"  note: {name} frames differ from PyAV's on {size} (not timed)")
+            fns = {n: (lambda o=o: [read_frames(p, i, o) for p, i in jobs]) for n, o in configs.items()}
             best = best_times(fns, torch.device("cpu"), repeats)
-            for backend in backends:
-                loader = DataLoader(Reads(jobs * repeats, backend), batch_size=None, num_workers=workers,
+            for name, opts in configs.items():
+                loader = DataLoader(Reads(jobs * repeats, opts), batch_size=None, num_workers=workers,
                                     persistent_workers=True)
                 sum(loader)  # start the workers and warm them up
                 t0 = time.perf_counter()
                 decoded = sum(loader)
                 parallel = decoded / (time.perf_counter() - t0)
-                results[(size, frames, backend)] = (frames * len(jobs) / best[backend], parallel)
+                results[(size, frames, name)] = (frames * len(jobs) / best[name], parallel)
     return results
 
 
@@ -172,13 +181,14 @@ def main(argv: list[str] | None = None) -> int:
         table = decoder_table(files, backends, args.repeats, args.workers)
         print(f"\ndecoded frames/s (TSN indices, probe included): 1 process | {args.workers} workers")
         for (size, frames, backend), (one, two) in table.items():
-            print(f"  {size} {frames:2d} frames  {backend:10s} {one:7.0f} | {two:7.0f}")
+            print(f"  {size} {frames:2d} frames  {backend:13s} {one:7.0f} | {two:7.0f}")
         for size in SIZES:
             for frames in (8, 16):
                 get = lambda b: table.get((size, frames, b), (None, None))[0]  # noqa: E731
                 ratios = []
-                if get("torchcodec") and get("decord"):
-                    ratios.append(f"torchcodec/decord {get('torchcodec') / get('decord'):.2f}x")
+                for decord in ("decord", "decord-nofork"):
+                    if get("torchcodec") and get(decord):
+                        ratios.append(f"torchcodec/{decord} {get('torchcodec') / get(decord):.2f}x")
                 if get("torchcodec") and get("pyav"):
                     ratios.append(f"pyav/torchcodec {get('pyav') / get('torchcodec'):.2f}x")
                 print(f"  {size} {frames:2d} frames: {', '.join(ratios) or 'one backend'}")

@@ -54,7 +54,7 @@ def collect(args):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_tool(argv, __doc__, add_arguments, collect)
+    return run_tool("prepare_ucf101", argv, __doc__, add_arguments, collect)
 
 
 if __name__ == "__main__":
