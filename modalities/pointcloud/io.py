@@ -439,6 +439,8 @@ def _read_off(data: bytes) -> _Shape:
         num_vertices, num_faces = (int(t) for t in counts_line.split()[:2])
     except ValueError:
         raise _FormatError(f"unreadable OFF counts line '{counts_line}'") from None
+    if num_vertices < 0 or num_faces < 0:  # a negative slice bound would read the wrong lines
+        raise _FormatError(f"OFF counts line '{counts_line}' declares a negative count")
     if len(rest) < num_vertices + num_faces:
         raise _FormatError(
             f"truncated OFF: header declares {num_vertices} vertices and {num_faces} faces, "

@@ -78,6 +78,8 @@ CORPUS: list[tuple[str, str, Callable[[], bytes], dict, str]] = [
     ("ply_ascii_count_below_data", "short_ascii.ply",
      lambda: ply_header("ascii", 5, False) + "".join(f"{x} {y} {z}\n" for x, y, z in XYZ.tolist()).encode(), {},
      "ascii PLY has 2 lines after its last element 'vertex': the header's element counts are below the data"),
+    ("off_negative_count", "neg.off", lambda: b"OFF\n-2 0 0\n0 0 0\n1 1 1\n2 2 2\n", {},
+     "OFF counts line '-2 0 0' declares a negative count"),
     ("pcd_fields_outnumber_size_type", "fields.pcd", pcd_more_fields_than_sizes, {},
      "PCD header lists 4 FIELDS, 3 SIZE, 3 TYPE, 4 COUNT entries; each field needs one SIZE, TYPE and COUNT"),
     ("pcd_points_minus_one", "neg.pcd",
