@@ -17,10 +17,12 @@
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import sys
 import textwrap
+import traceback
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -338,14 +340,13 @@ def hydra_entry(
             sys.argv = [sys.argv[0], *flags.rest]  # hydra parses sys.argv
             hydra.main(version_base="1.3", config_path=f"pkg://{RECIPES_PACKAGE}", config_name=config_name)(
                 _task(prog, run, preflight, flags.verbose, debug))()
-        except OmniclipError as exc:  # raised before hydra composed the recipe
-            if debug:
-                raise
-            _exit(one_line_error(prog, exc), EXIT_ERROR)
+            return
+        except OmniclipError as exc:  # raised before hydra composed the recipe, or re-raised when debugging
+            report, code = traceback.format_exc() if debug else one_line_error(prog, exc), EXIT_ERROR
         except KeyboardInterrupt as exc:
-            if debug:
-                raise
-            _exit(f"{prog}: interrupted" + (f" ({exc})" if str(exc) else ""), EXIT_INTERRUPTED)
+            interrupted = f"{prog}: interrupted" + (f" ({exc})" if str(exc) else "")
+            report, code = traceback.format_exc() if debug else interrupted, EXIT_INTERRUPTED
+        _exit(report.rstrip("\n"), code)
 
     main.__doc__ = f"Compose the `{config_name}` recipe with command-line overrides, then run it."
     return main
@@ -362,7 +363,8 @@ def _task(prog: str, run: Callable[[DictConfig], Any], preflight: Callable[[Dict
     def task(cfg: DictConfig) -> Any:
         from hydra.core.hydra_config import HydraConfig
 
-        quiet_dependencies(verbose or bool(HydraConfig.get().verbose))  # hydra has set up the handlers
+        hydra_verbose = HydraConfig.initialized() and bool(HydraConfig.get().verbose)
+        quiet_dependencies(verbose or hydra_verbose)  # after hydra has set up the handlers
         try:
             try:
                 if preflight is not None:
@@ -373,13 +375,20 @@ def _task(prog: str, run: Callable[[DictConfig], Any], preflight: Callable[[Dict
         except OmniclipError as exc:
             if debug:
                 raise
-            _exit(one_line_error(prog, exc, cfg), EXIT_ERROR)
+            line = one_line_error(prog, exc, cfg)
+        _exit(line, EXIT_ERROR)
 
     return task
 
 
-def _exit(line: str, code: int) -> None:
-    print(line, file=sys.stderr)
+def _exit(report: str, code: int) -> None:
+    """Print ``report`` to stderr and exit with ``code``; call it outside any ``except`` block.
+
+    The error's traceback, whose frames may hold a DataLoader iterator, must be freed first, so
+    that the iterator's worker processes shut down instead of blocking the interpreter's exit.
+    """
+    gc.collect()
+    print(report, file=sys.stderr)
     raise SystemExit(code)
 
 

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from omniclip import registry
+from omniclip.cli import quiet_dependencies
 from omniclip.errors import CheckpointMismatchError, ConfigError, OmniclipError
 
 if TYPE_CHECKING:
@@ -576,13 +577,16 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
 
 _USAGE = (
     "omniclip-convert list\n"
-    "       omniclip-convert CONVERTER SRC OUT_DIR [--trust-pickle] [--set KEY=VALUE ...]"
+    "       omniclip-convert CONVERTER SRC OUT_DIR [--trust-pickle] [--set KEY=VALUE ...] [--verbose]"
 )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``omniclip-convert``. Exit status: 0 done, 1 checkpoint mismatch, 2 bad input."""
     args_list = list(sys.argv[1:] if argv is None else argv)
+    quiet_dependencies("--verbose" in args_list)
+    if "--verbose" in args_list:
+        args_list.remove("--verbose")
     if args_list == ["list"]:
         for problem in registry.import_plugins("converter"):
             print(f"note: {problem}", file=sys.stderr)
@@ -608,6 +612,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="unpickle arbitrary objects (can run code): only for files you trust",
     )
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show dependencies' log lines (open_clip's model-building messages)")
     parser.add_argument(
         "--set",
         dest="overrides",

@@ -77,6 +77,11 @@ def test_console_entry_point_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "run" / "lens" / "lens.safetensors").is_file()
     assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
+    assert (tmp_path / "run" / "train.log").is_file()  # hydra names the log after the command's module
+    # omniclip's own lines stay; open_clip's model-building INFO lines and its warning do not
+    assert "step 1/2" in proc.stdout and "lens exported to" in proc.stdout
+    for chatter in ("Parsing model identifier", "Loaded built-in omniclip-tiny", "No pretrained weights loaded"):
+        assert chatter not in proc.stdout + proc.stderr
 
 
 def test_precomputed_anchors_mean_training_never_runs_a_tower(tmp_path):

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from omniclip.backbone import ClipBackbone
+from omniclip.cli import quiet_dependencies
 from omniclip.demo.clip_pretrain import ClipPretrainConfig, pretrain_clip
 from omniclip.demo import experiment
 from omniclip.demo.dataset import make_shape_set, shape_draw
@@ -143,12 +144,15 @@ THREADS_HELP = "torch CPU threads (default 1: the tiny models gain little from m
 def main(argv: Sequence[str] | None = None) -> int:
     modality = argparse.ArgumentParser(add_help=False)
     modality.add_argument("--modality", choices=("pointcloud", "audio"), default="pointcloud")
+    modality.add_argument("--verbose", action="store_true",
+                          help="also show dependencies' log lines (open_clip's model-building messages)")
     chosen, rest = modality.parse_known_args(argv)
+    quiet_dependencies(chosen.verbose)  # the tiny CLIP is random by design: no "no pretrained weights" warning
     if chosen.modality == "audio":
         from omniclip.demo import audio_demo
 
         return audio_demo.main(rest)
-    parser = argparse.ArgumentParser(prog="omniclip-demo", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="omniclip-demo", description=__doc__.split("\n\n")[0].replace("``", ""),
                                      parents=[modality])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="smoke test of the pipeline (< 1 min; not evidence)")
