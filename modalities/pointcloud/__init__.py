@@ -15,10 +15,10 @@ from torch.utils.data import Dataset
 from omniclip import registry
 from omniclip.errors import ConfigError
 from omniclip.modalities.pointcloud import convert as _converters  # noqa: F401  (registers converters)
-from omniclip.modalities.pointcloud.datasets import build_dataset
+from omniclip.modalities.pointcloud.datasets import CloudOptions, build_dataset
 from omniclip.modalities.pointcloud.lens_configs import LENSES, TOKENIZERS
 from omniclip.modalities.pointcloud.templates import TEMPLATES
-from omniclip.modalities.pointcloud.tokenizers import PointBertTokenizer, PointNet2Tokenizer, required_points
+from omniclip.modalities.pointcloud.tokenizers import PointBertTokenizer, PointNet2Tokenizer
 from omniclip.modality import Modality, TrunkSpec, default_collate
 
 _TOKENIZER_CLASSES: dict[str, type[nn.Module]] = {"pointbert": PointBertTokenizer, "pnsa": PointNet2Tokenizer}
@@ -65,24 +65,31 @@ class PointCloudModality(Modality):
     ) -> Dataset:
         return build_dataset(cfg, split, image_transform)
 
-    def check_data(self, tokenizer: nn.Module, cfg: Mapping[str, Any]) -> None:
-        """ConfigError (key ``num_points``) when dataset ``cfg`` makes clouds too small for ``tokenizer``.
+    def check_data(self, tokenizer_cfg: Mapping[str, Any], dataset_cfg: Mapping[str, Any]) -> None:
+        """ConfigError (key ``num_points`` or ``min_points`` of ``dataset_cfg``) when the dataset
+        makes clouds too small for the tokenizer ``tokenizer_cfg`` (the recipe's
+        ``modality.tokenizer``, defaults filled in as `build_tokenizer` does).
 
-        Call it once the model and before the data are built: otherwise the first step fails
-        inside farthest-point sampling. ``num_points: null`` keeps each file's count, and then
-        ``min_points`` (each file's floor) must cover the tokenizer.
+        Cheap (nothing is built), so a recipe can be checked before the backbone loads;
+        otherwise the first step fails inside farthest-point sampling. With ``num_points: null``
+        each file keeps its count, and then ``min_points`` must cover the tokenizer.
         """
-        need = required_points(tokenizer)
-        layer = getattr(tokenizer, "sa", tokenizer)
-        tokenizer_keys = f"modality.tokenizer.num_groups={layer.num_groups}, group_size={layer.group_size}"
-        num_points = cfg.get("num_points", 8192)
+        params = dict(tokenizer_cfg)
+        name = params.pop("name", "pointbert")
+        if name not in TOKENIZERS:
+            raise ConfigError("name", f"unknown point-cloud tokenizer `{name}` (known: {', '.join(TOKENIZERS)})")
+        merged = {**TOKENIZERS[name], **params}
+        num_groups, group_size = int(merged["num_groups"]), int(merged["group_size"])
+        need = max(num_groups, group_size)
+        tokenizer_keys = f"modality.tokenizer.num_groups={num_groups}, group_size={group_size}"
+        num_points = dataset_cfg.get("num_points", CloudOptions.num_points)
+        min_points = dataset_cfg.get("min_points", CloudOptions.min_points)
         if num_points is not None and int(num_points) < need:
             raise ConfigError("num_points", f"{num_points} points per cloud cannot make the tokenizer's groups "
                                             f"({tokenizer_keys}): set num_points >= {need}")
-        if num_points is None and int(cfg.get("min_points", 32)) < need:
-            raise ConfigError("min_points", f"{cfg.get('min_points', 32)} with num_points: null lets clouds smaller "
-                                            f"than the tokenizer's groups through ({tokenizer_keys}): set "
-                                            f"min_points >= {need}")
+        if num_points is None and int(min_points) < need:
+            raise ConfigError("min_points", f"{min_points} with num_points: null lets clouds smaller than the "
+                                            f"tokenizer's groups through ({tokenizer_keys}): set min_points >= {need}")
 
     def collate(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """`default_collate`, with clouds of different sizes padded by `pad_clouds`."""

@@ -252,9 +252,18 @@ def test_num_points_below_min_points_fails_at_dataset_build(tmp_path):
 ])
 def test_tokenizer_and_dataset_sizes_are_checked_before_training(tokenizer, data, message):
     with pytest.raises(ConfigError) as err:
-        PointCloudModality().check_data(build_tokenizer(tokenizer), data)
+        PointCloudModality().check_data(tokenizer, data)
     assert str(err.value) == message
-    PointCloudModality().check_data(build_tokenizer(tokenizer), {"num_points": 64, "min_points": 64})
+    PointCloudModality().check_data(tokenizer, {"num_points": 64, "min_points": 64})
+    build_tokenizer(tokenizer)  # the same config builds: the check reads the same defaults
+
+
+def test_recipe_defaults_pass_the_size_check():
+    modality = PointCloudModality()
+    modality.check_data({}, {})  # pointbert 512 x 32 and 8192 points
+    modality.check_data({"name": "pnsa"}, {"num_points": 10000, "with_color": True})
+    with pytest.raises(ConfigError, match=r"^config `num_points`: 2048 points per cloud cannot make"):
+        modality.check_data({"num_groups": 4096}, {"num_points": 2048})
 
 
 def test_tokenizer_forward_names_the_keys_when_clouds_are_too_small():
