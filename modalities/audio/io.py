@@ -10,7 +10,8 @@ random crop for training, evenly spaced crops for evaluation, short files repeat
 Bounds on hostile files: a sample rate outside [`MIN_SAMPLE_RATE`, `MAX_SAMPLE_RATE`] is
 refused (a header claiming 1 Hz made a 2 GB waveform); `resample` keeps the polyphase filter
 bank to at most `MAX_PHASES` phases (11127 Hz -> 16 kHz, co-prime, took 2.9 GB for 2 s with
-torchaudio's exact kernel), approximating the ratio to better than 1e-6 when it must.
+torchaudio's exact kernel), approximating the ratio to better than 1e-6 when it must; no read
+holds more than `MAX_READ_SAMPLES` samples (frames x channels: a header can claim 65535 channels).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ _SNDFILE_PIPE_TEXT = "File does not exist or is not a regular file (possibly a p
 _FULL_SCALE = 0.999
 MIN_SAMPLE_RATE = 1000
 MAX_SAMPLE_RATE = 1_000_000
+#: Most samples (frames x channels) one read may hold: 128 MB of float32, an hour of 16 kHz mono
+#: is 58M. Files longer than that are only read clip by clip (`load_clips`).
+MAX_READ_SAMPLES = 1 << 25
 MAX_PHASES = 1000
 #: Float samples lie within +-1; far beyond it the power spectrum overflows float32 (NaN fbank
 #: from about 1e19) and the file is garbage or wrongly scaled. 1e8 still admits int16/int24-
@@ -98,6 +102,7 @@ class _Source:
     sr: int
     frames: int | None  # None: unknown until decoded (some FFmpeg containers)
     backend: str  # "soundfile" or "ffmpeg"
+    channels: int = 1
     exact_length: bool = True  # the header's frame count is exact (not MP3's estimate)
     fmt: str = ""
 
@@ -134,7 +139,8 @@ def _open(path: Path) -> _Source:
             sniff_error: Exception | None = err  # unknown suffix: maybe FFmpeg can read it
         else:
             _check_rate(path, info.samplerate)
-            return _Source(path, info.samplerate, info.frames, "soundfile", info.format != "MP3", info.format)
+            return _Source(path, info.samplerate, info.frames, "soundfile", max(1, info.channels),
+                           info.format != "MP3", info.format)
     else:
         sniff_error = None
     decoder = _ffmpeg_decoder(path, sniff_error)
@@ -143,7 +149,7 @@ def _open(path: Path) -> _Source:
     _check_rate(path, sr)
     duration = meta.duration_seconds_from_header
     frames = None if duration is None else int(math.ceil(duration * sr))
-    return _Source(path, sr, frames, "ffmpeg", False)
+    return _Source(path, sr, frames, "ffmpeg", max(1, int(meta.num_channels or 1)), False)
 
 
 # Suffixes that are never libsndfile's: go straight to FFmpeg.
@@ -170,8 +176,16 @@ def _ffmpeg_decoder(path: Path, sniff_error: Exception | None) -> Any:
 
 
 def _read(source: _Source, start: int = 0, stop: int | None = None) -> torch.Tensor:
-    """Channels [C, T] of frames ``start:stop`` (``None``: to the end); truncation is an error."""
+    """Channels [C, T] of frames ``start:stop`` (``None``: to the end); truncation is an error.
+
+    A read of more than `MAX_READ_SAMPLES` (by the header) is refused before decoding.
+    """
     path = source.path
+    end = source.frames if stop is None else stop
+    if end is not None and (end - start) * source.channels > MAX_READ_SAMPLES:
+        raise SampleError(path, f"reading {end - start} frames x {source.channels} channels is more than "
+                                f"{MAX_READ_SAMPLES} samples (MAX_READ_SAMPLES); too long or too many channels "
+                                "to decode at once")
     if source.backend == "soundfile":
         try:
             with soundfile.SoundFile(str(path)) as f:
@@ -274,7 +288,8 @@ def load_audio(
     in the reference). A file whose mono signal peaks below ``silence_threshold`` is rejected
     unless ``allow_silent``, and so is one whose peak exceeds ``max_amplitude``; one with more
     than ``clip_warn_fraction`` of its samples at full scale is kept with a warning, since
-    clipping degrades but does not invalidate it.
+    clipping degrades but does not invalidate it. A file of more than `MAX_READ_SAMPLES` samples
+    (frames x channels) is refused: read it clip by clip with `load_clips`.
     """
     source = _prepare(path)
     mono = _checked_mono(source, _read(source), allow_silent=allow_silent, silence_threshold=silence_threshold,
@@ -310,7 +325,8 @@ def load_clips(
     clip_len = int(round(clip_seconds * target_sr))
     down, up = resample_ratio(source.sr, target_sr)
     length = None if source.frames is None else math.ceil(source.frames * up / down)
-    if length is None or source.frames <= max_decode_seconds * source.sr or length <= clip_len:
+    small = source.frames is not None and source.frames * source.channels <= MAX_READ_SAMPLES
+    if length is None or (source.frames <= max_decode_seconds * source.sr and small) or length <= clip_len:
         mono = _checked_mono(source, _read(source), **checks)
         wave = resample(mono, source.sr, target_sr) if source.sr != target_sr else mono
         if wave.numel() == 0:

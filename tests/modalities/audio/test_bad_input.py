@@ -347,3 +347,20 @@ def test_header_length_running_past_the_data(tmp_path):
         else:
             out = audio_io._read_stretch(source, length - SR, SR, down, up, checks)
             torch.testing.assert_close(out, whole[-SR:], rtol=0, atol=2e-6)
+
+
+def test_reads_are_bounded_in_frames_times_channels(tmp_path, monkeypatch):
+    from omniclip.modalities.audio import io as audio_io
+    from omniclip.modalities.audio.io import load_clips
+
+    path = write(tmp_path / "quad.wav", np.stack([tone(2.0)] * 4, axis=1))  # 2 s x 4 channels = 128000 samples
+    monkeypatch.setattr(audio_io, "MAX_READ_SAMPLES", 100_000)
+    with pytest.raises(SampleError) as err:
+        load_audio(path)
+    assert err.value.problem == ("reading 32000 frames x 4 channels is more than 100000 samples (MAX_READ_SAMPLES); "
+                                 "too long or too many channels to decode at once")
+    # clip by clip it fits, whatever max_decode_seconds says, and gives the whole decode's samples
+    clips, _ = load_clips(path, SR, 0.5, 2, train=False, max_decode_seconds=60.0)
+    monkeypatch.setattr(audio_io, "MAX_READ_SAMPLES", 1 << 25)
+    whole = load_audio(path)
+    torch.testing.assert_close(clips, sample_clips(whole, SR, 0.5, 2, train=False), rtol=0, atol=0)
