@@ -399,3 +399,25 @@ def test_split_lists_cannot_point_outside_the_root(tmp_path):
     (mn / "modelnet40_test.txt").write_text(".._0001\n")
     with pytest.raises(ConfigError, match=r"modelnet40_test\.txt line 1: path '\.\./\.\._0001' climbs out"):
         build_dataset({"name": "modelnet40", "root": str(mn), "num_points": 32}, "test")
+
+
+def test_every_bad_file_is_skipped_and_counted_in_a_dataset(tmp_path):
+    """The corpus through a dataset and the skip policy: each bad file is one counted skip with
+    its own message, and the good cloud still comes through."""
+    cases = [case for case in CORPUS if not case[3]]  # those read with the default options
+    root = make_objaverse_triplets(tmp_path / "tri", count=1)
+    (root / "bad").mkdir()
+    for _, filename, contents, _, _ in cases:
+        (root / "bad" / filename).write_bytes(contents())
+    entries = [{"pc": "pc/o0.npy", "texts": "good"}] + [{"pc": f"bad/{c[1]}", "texts": c[0]} for c in cases]
+    (root / "triplets.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    ds = build_dataset({"name": "objaverse_triplets", "root": str(root), "num_points": 32, "min_points": 8}, "train",
+                       None)
+    with memory_limit(512 << 20):
+        samples = [SafeDataset(ds, "skip")[i] for i in range(len(ds))]
+    assert not isinstance(samples[0], Skipped)
+    assert [(s.path, s.problem) for s in samples[1:]] == [(str(root / "bad" / c[1]), c[4]) for c in cases]
+    batch = collate_skipping(PointCloudModality().collate)(samples)
+    assert batch["inputs"].shape == (1, 32, 3) and len(batch["skipped"]) == len(cases)
+    with pytest.raises(SampleError, match=r"bad/neg\.ply: PLY element 'vertex' declares -1 items"):
+        SafeDataset(ds, "stop")[1]
