@@ -26,15 +26,20 @@ from omniclip.errors import ConfigError, SampleError
 ALLOW_KEY = "allow_outside_root"
 
 
-def escape_problem(relative: Any) -> str | None:
-    """Why ``relative`` may not be joined to a root, or None when it stays inside."""
-    if not isinstance(relative, (str, os.PathLike)):
+def _form_problem(relative: Any) -> str | None:
+    """What makes ``relative`` no path at all (a number, ``null``, empty, a NUL byte)."""
+    if not isinstance(relative, (str, os.PathLike)) or not isinstance(os.fspath(relative), str):
         return f"path is {type(relative).__name__} {relative!r}, not a string"
     text = os.fspath(relative)
-    if not isinstance(text, str) or not text.strip():
+    if not text.strip():
         return f"path {text!r} is empty"
     if "\0" in text:
         return f"path {text!r} holds a NUL byte"
+    return None
+
+
+def _place_problem(text: str) -> str | None:
+    """What takes path ``text`` outside the folder it is joined to."""
     # Backslashes separate folders on Windows and in some zip writers; treat them as such here.
     posix = text.replace("\\", "/")
     # "C:\\x" and "c:x" name a drive on Windows (drive-relative for the latter)
@@ -45,6 +50,11 @@ def escape_problem(relative: Any) -> str | None:
     if normal == ".." or normal.startswith("../"):
         return f"path {text!r} climbs out of the folder with '..'"
     return None
+
+
+def escape_problem(relative: Any) -> str | None:
+    """Why ``relative`` may not be joined to a root, or None when it stays inside."""
+    return _form_problem(relative) or _place_problem(os.fspath(relative))
 
 
 def resolve_in_root(
@@ -60,13 +70,15 @@ def resolve_in_root(
     The error names ``where`` (the manifest and entry the path came from; default the joined
     path) and how to allow such paths. It is a `ConfigError` on ``key`` when the path is checked
     while a dataset is built (``key`` set), else a `SampleError`, which the skip policy counts.
-    A non-string path is refused even with ``allow_outside``.
+    A path that is no path (`_form_problem`) is refused even with ``allow_outside``.
     """
-    problem = escape_problem(relative)
-    if problem is None or (allow_outside and isinstance(relative, (str, os.PathLike))):
-        return Path(root) / os.fspath(relative)
-    if not problem.endswith("not a string"):
-        problem = (f"{problem}: manifest paths must stay inside the dataset root {root} "
+    problem = _form_problem(relative)
+    if problem is None:
+        text = os.fspath(relative)
+        place = None if allow_outside else _place_problem(text)
+        if place is None:
+            return Path(root) / text
+        problem = (f"{place}: manifest paths must stay inside the dataset root {root} "
                    f"(set `{ALLOW_KEY}: true` to read files outside it)")
     where = str(where) if where is not None else str(Path(root) / str(relative))
     if key is not None:

@@ -54,3 +54,10 @@ def test_archive_target(tmp_path):
         archive_target(tmp_path, "audio/../../evil.sh")
     assert str(err.value) == (f"archive member 'audio/../../evil.sh' would be written outside {tmp_path} "
                               "(path 'audio/../../evil.sh' climbs out of the folder with '..'); refusing the archive")
+
+
+def test_allow_outside_still_refuses_what_is_no_path(tmp_path):
+    for bad, problem in (("", "path '' is empty"), (7, "path is int 7, not a string")):
+        with pytest.raises(SampleError) as err:
+            resolve_in_root(tmp_path, bad, allow_outside=True, where="m.jsonl entry 1")
+        assert err.value.problem == problem  # no "set allow_outside_root" hint: it would not help
