@@ -416,3 +416,15 @@ def test_batches_that_lost_samples_are_refilled_and_resume_exactly(tmp_path, tin
     assert part._carry is not None  # the checkpoint holds a partial batch
     second = make_trainer(tiny_backbone, tmp_path / "part", **opts).fit()
     assert first.losses + second.losses == pytest.approx(full.losses, abs=1e-6)
+
+
+def test_progress_lines_and_eval_results_are_logged_without_a_progress_bar(tmp_path, tiny_backbone, caplog):
+    trainer = make_trainer(tiny_backbone, tmp_path, max_steps=4, log_every=2, eval_every=4,
+                           evaluators={"toyset": lambda model: {"top1": 12.5}})
+    with caplog.at_level("INFO", logger="omniclip.trainer"):
+        result = trainer.fit()
+    lines = [r.getMessage() for r in caplog.records if r.name == "omniclip.trainer"]
+    steps = [line for line in lines if line.startswith("step ")]
+    assert [line.split("  ")[0] for line in steps] == ["step 2/4", "step 4/4"]
+    assert f"loss {result.losses[1]:.4f}" in steps[0] and " samples/s" in steps[0] and "lr " in steps[0]
+    assert "eval toyset at step 4: top1 12.5" in lines
