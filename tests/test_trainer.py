@@ -197,32 +197,8 @@ def test_bad_samples_stop_or_skip(tmp_path, tiny_backbone):
     assert result.step == 3 and result.skipped_samples == 2
 
 
-class _NaNAfter(torch.nn.Module):
-    def __init__(self, objective, bad_steps):
-        super().__init__()
-        self.inner, self.calls, self.bad_steps = objective, 0, bad_steps
-
-    def forward(self, embeddings, batch):
-        self.calls += 1
-        loss, logs = self.inner(embeddings, batch)
-        return (loss * float("nan") if self.calls in self.bad_steps else loss), logs
-
-
-def test_nonfinite_loss_policy(tmp_path, tiny_backbone):
-    trainer = make_trainer(tiny_backbone, tmp_path / "stop", wrap_objective=lambda o: _NaNAfter(o, {2}))
-    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 2"):
-        trainer.fit()
-    trainer = make_trainer(tiny_backbone, tmp_path / "skip", nonfinite="skip",
-                           wrap_objective=lambda o: _NaNAfter(o, {1}))
-    weights_before = {k: v.clone() for k, v in trainer.trainable_weights().items()}
-    result = trainer.fit(stop_at=1)
-    assert result.skipped_steps == 1 and result.losses == []
-    for key, value in trainer.trainable_weights().items():
-        assert torch.equal(value, weights_before[key]), key
-
-
-class _NaNGradient(torch.autograd.Function):
-    """Identity forward (finite loss), NaN or inf backward."""
+class _NonFiniteGradient(torch.autograd.Function):
+    """Identity forward (the loss stays finite), a gradient full of ``fill`` backward."""
 
     @staticmethod
     def forward(ctx, x, fill):
@@ -234,29 +210,35 @@ class _NaNGradient(torch.autograd.Function):
         return torch.full_like(grad, ctx.fill), None
 
 
-class _BadGradientAt(torch.nn.Module):
-    def __init__(self, objective, bad_steps, fill=float("nan")):
+class _Sabotage(torch.nn.Module):
+    """Makes the loss (``target="loss"``) or the gradients non-finite at the chosen steps."""
+
+    def __init__(self, objective, bad_steps, target="loss", fill=float("nan")):
         super().__init__()
-        self.inner, self.calls, self.bad_steps, self.fill = objective, 0, bad_steps, fill
+        self.inner, self.calls, self.bad_steps, self.target, self.fill = objective, 0, bad_steps, target, fill
 
     def forward(self, embeddings, batch):
         self.calls += 1
-        if self.calls in self.bad_steps:
-            embeddings = _NaNGradient.apply(embeddings, self.fill)
-        return self.inner(embeddings, batch)
+        bad = self.calls in self.bad_steps
+        if bad and self.target == "gradients":
+            embeddings = _NonFiniteGradient.apply(embeddings, self.fill)
+        loss, logs = self.inner(embeddings, batch)
+        return (loss * self.fill if bad and self.target == "loss" else loss), logs
 
 
-def test_nan_gradients_with_finite_loss_are_not_applied(tmp_path, tiny_backbone):
-    trainer = make_trainer(tiny_backbone, tmp_path / "stop", wrap_objective=lambda o: _BadGradientAt(o, {1}))
-    with pytest.raises(NonFiniteLossError, match="non-finite gradients at step 1"):
+@pytest.mark.parametrize("target", ["loss", "gradients"])
+def test_nonfinite_policy(tmp_path, tiny_backbone, target):
+    """A NaN loss, or NaN gradients under a finite loss, stop the run or skip the update."""
+    trainer = make_trainer(tiny_backbone, tmp_path / "stop", wrap_objective=lambda o: _Sabotage(o, {2}, target))
+    with pytest.raises(NonFiniteLossError, match=f"non-finite {target} at step 2"):
         trainer.fit()
     trainer = make_trainer(tiny_backbone, tmp_path / "skip", nonfinite="skip",
-                           wrap_objective=lambda o: _BadGradientAt(o, {1}))
-    before = {k: v.clone() for k, v in trainer.trainable_weights().items()}
+                           wrap_objective=lambda o: _Sabotage(o, {1}, target))
+    weights_before = {k: v.clone() for k, v in trainer.trainable_weights().items()}
     result = trainer.fit(stop_at=1)
     assert result.skipped_steps == 1 and result.losses == []
     for key, value in trainer.trainable_weights().items():
-        assert torch.equal(value, before[key]), key
+        assert torch.equal(value, weights_before[key]), key
 
 
 class _NormedModel(torch.nn.Module):
@@ -300,11 +282,11 @@ def test_skipped_step_leaves_norm_statistics_untouched(tmp_path, tiny_backbone):
 def test_consecutive_and_total_skip_caps(tmp_path, tiny_backbone):
     every = set(range(1, 50))
     trainer = make_trainer(tiny_backbone, tmp_path / "consecutive", nonfinite="skip", max_consecutive_nonfinite=3,
-                           max_steps=10, wrap_objective=lambda o: _NaNAfter(o, every))
+                           max_steps=10, wrap_objective=lambda o: _Sabotage(o, every))
     with pytest.raises(NonFiniteLossError, match=r"4 steps in a row .*trainer.max_consecutive_nonfinite=3"):
         trainer.fit()
     trainer = make_trainer(tiny_backbone, tmp_path / "total", nonfinite="skip", max_nonfinite_steps=2,
-                           max_steps=10, wrap_objective=lambda o: _NaNAfter(o, {1, 3, 5, 7}))
+                           max_steps=10, wrap_objective=lambda o: _Sabotage(o, {1, 3, 5, 7}))
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 5 \(loss nan\): 3 steps .*max_nonfinite_steps=2"):
         trainer.fit()
 
@@ -337,7 +319,7 @@ def test_save_refuses_non_finite_weights(tmp_path, tiny_backbone):
 
 def test_fp16_overflow_is_skipped_by_the_grad_scaler_and_resumes_with_its_scale(tmp_path, tiny_backbone):
     opts = {"precision": "fp16", "max_steps": 4, "checkpoint_every": 2}
-    trainer = make_trainer(tiny_backbone, tmp_path, wrap_objective=lambda o: _BadGradientAt(o, {1}, float("inf")),
+    trainer = make_trainer(tiny_backbone, tmp_path, wrap_objective=lambda o: _Sabotage(o, {1}, "gradients", float("inf")),
                            **opts)
     start_scale = trainer.scaler.get_scale()
     before = {k: v.clone() for k, v in trainer.trainable_weights().items()}
@@ -347,7 +329,7 @@ def test_fp16_overflow_is_skipped_by_the_grad_scaler_and_resumes_with_its_scale(
         assert torch.equal(value, before[key]), key
     trainer.fit(stop_at=2)
     assert any(not torch.equal(v, before[k]) for k, v in trainer.trainable_weights().items())
-    resumed = make_trainer(tiny_backbone, tmp_path, wrap_objective=lambda o: _BadGradientAt(o, set()), **opts)
+    resumed = make_trainer(tiny_backbone, tmp_path, wrap_objective=lambda o: _Sabotage(o, set()), **opts)
     resumed.resume()
     assert resumed.scaler.get_scale() == trainer.scaler.get_scale()
 
