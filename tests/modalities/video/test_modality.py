@@ -51,3 +51,34 @@ def test_collate_stacks_clips_and_flattens_views():
 def test_the_core_does_not_import_the_video_modality():
     offenders = [p for p in (ROOT / "omniclip").rglob("*.py") if "modalities.video" in p.read_text()]
     assert offenders == []
+
+
+def test_zero_shot_through_the_evaluation_path_averages_views(tmp_path, tiny_backbone):
+    """UCF101 mini split, 2 clips x 3 crops per video: a stand-in model gives each view its
+    video's class embedding plus noise; evaluation averages each video's 6 views and scores them
+    against the class-name classifier built from the shipped prompts."""
+    from omniclip.anchors import AnchorStore
+    from omniclip.zeroshot import evaluate_task, task_classifier
+    from tests.modalities.video import layouts
+
+    root = layouts.make_ucf101(tmp_path / "ucf")
+    task = {"type": "classification", "templates": "default",
+            "dataset": {"name": "ucf101", "root": str(root), "split": "test", "num_frames": 2, "size": 16,
+                        "short_side": 16, "num_clips": 2, "num_crops": 3}}
+    video = get_modality("video")
+    anchors = AnchorStore(tiny_backbone)
+    dataset = video.build_dataset(task["dataset"], "test")
+    classes = task_classifier(video, dataset, task, anchors)
+    assert classes.shape[0] == 3
+    truth = torch.tensor([item.label for item in dataset.items])
+    noise = torch.randn(64, classes.shape[1], generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def model(batch):
+        rows = truth[torch.tensor(batch["group_ids"])]
+        seen.append(batch["inputs"].shape)
+        return classes[rows] * 4 + noise[: rows.numel()]
+
+    metrics = evaluate_task(model, video, task, anchors, "cpu", batch_size=1)
+    assert metrics["num_samples"] == 2 and metrics["top1"] == 100.0
+    assert seen == [(6, 2, 3, 16, 16)] * 2  # one video per batch: its 6 views
