@@ -71,6 +71,15 @@ class Modality:
         """
         raise NotImplementedError(f"modality `{self.name}` has no dataset `{cfg.get('name')}`")
 
+    def check_data(self, tokenizer_cfg: Mapping[str, Any], dataset_cfg: Mapping[str, Any]) -> None:
+        """Raise `ConfigError` (keys relative to ``dataset_cfg``) when a dataset cannot feed the
+        tokenizer ``tokenizer_cfg`` (the recipe's ``modality.tokenizer``), e.g. clouds too small
+        for its groups.
+
+        Must be cheap and build nothing: every dataset of a recipe is checked before the backbone
+        loads. The base class has nothing to check.
+        """
+
     def collate(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Stack samples into a batch dict (see module docstring)."""
         return default_collate(samples)

@@ -41,16 +41,20 @@ def config_scope(prefix: str) -> Iterator[None]:
 
 
 def build_dataset(
-    modality: Modality, cfg: Mapping[str, Any], split: str, key: str, image_transform: Any = None
+    modality: Modality, cfg: Mapping[str, Any], split: str, key: str, image_transform: Any = None,
+    tokenizer_cfg: Mapping[str, Any] | None = None,
 ) -> Dataset:
     """The modality's dataset for ``cfg``; a ``limit`` key keeps only the first samples.
 
     ``image_transform`` (the backbone's CLIP preprocessing) is handed to datasets that load
-    paired images for image anchors.
+    paired images for image anchors. With ``tokenizer_cfg`` the modality first checks that the
+    dataset can feed that tokenizer (`Modality.check_data`).
     """
     params = dict(cfg)
     limit = params.pop("limit", None)
     with config_scope(key):
+        if tokenizer_cfg is not None:
+            modality.check_data(tokenizer_cfg, params)
         dataset = modality.build_dataset(params, split, image_transform=image_transform)
     if limit is not None and limit < len(dataset):
         subset = Subset(dataset, range(int(limit)))
@@ -86,28 +90,37 @@ def recipe_modality(cfg: DictConfig) -> Modality:
         return get_modality(cfg.modality.name)
 
 
+def recipe_tokenizer(cfg: DictConfig) -> dict[str, Any]:
+    """The tokenizer config of a training recipe (``modality.tokenizer``)."""
+    return OmegaConf.to_container(cfg.modality.get("tokenizer", {}), resolve=True)
+
+
 def train_dataset(cfg: DictConfig, modality: Modality, image_transform: Any = None) -> Dataset:
-    """The ``data.train`` dataset of a training recipe."""
+    """The ``data.train`` dataset of a training recipe, checked against its tokenizer."""
     if "train" not in cfg.data:
         raise ConfigError("data.train", "the data group must define a `train` dataset")
     return build_dataset(modality, OmegaConf.to_container(cfg.data.train, resolve=True), "train", "data.train",
-                         image_transform=image_transform)
+                         image_transform=image_transform, tokenizer_cfg=recipe_tokenizer(cfg))
 
 
-def task_dataset(modality: Modality, task: Mapping[str, Any], key: str) -> Dataset:
+def task_dataset(modality: Modality, task: Mapping[str, Any], key: str,
+                 tokenizer_cfg: Mapping[str, Any] | None = None) -> Dataset:
     """The dataset of one eval task entry ``key`` ({type, dataset, templates})."""
     kind = task.get("type", "classification")
     if kind not in TASK_TYPES:
         raise ConfigError(f"{key}.type", f"`{kind}` is not one of {TASK_TYPES}")
     if "dataset" not in task:
         raise ConfigError(f"{key}.dataset", "missing")
-    return build_dataset(modality, task["dataset"], task["dataset"].get("split", "test"), f"{key}.dataset")
+    return build_dataset(modality, task["dataset"], task["dataset"].get("split", "test"), f"{key}.dataset",
+                         tokenizer_cfg=tokenizer_cfg)
 
 
-def eval_datasets(modality: Modality, eval_cfg: Mapping[str, Any]) -> dict[str, Dataset]:
-    """name -> dataset of every task in an eval config (recipes/eval/*.yaml), all built now."""
+def eval_datasets(modality: Modality, eval_cfg: Mapping[str, Any],
+                  tokenizer_cfg: Mapping[str, Any] | None = None) -> dict[str, Dataset]:
+    """name -> dataset of every task in an eval config (recipes/eval/*.yaml), all built now,
+    each checked against ``tokenizer_cfg`` when given."""
     tasks = eval_cfg.get("tasks") or {}
-    return {name: task_dataset(modality, task, f"eval.tasks.{name}") for name, task in tasks.items()}
+    return {name: task_dataset(modality, task, f"eval.tasks.{name}", tokenizer_cfg) for name, task in tasks.items()}
 
 
 def checkpoint_config(checkpoint: str | Path) -> dict[str, Any]:
@@ -125,14 +138,16 @@ def check_recipe_data(cfg: DictConfig) -> None:
     """Build, and so check, every dataset a recipe names, before any backbone loads.
 
     A training recipe names ``data.train`` and its eval tasks; a zero-shot recipe names its eval
-    tasks, and its checkpoint's config names the modality. The datasets are then dropped.
+    tasks, and its checkpoint's config names the modality and tokenizer. Each is also checked
+    against the tokenizer (`Modality.check_data`). The datasets are then dropped.
     """
-    if "checkpoint" in cfg:
-        modality = get_modality(checkpoint_config(cfg.checkpoint)["modality"])
-    else:
-        modality = recipe_modality(cfg)
+    if "trainer" in cfg:
+        modality, tokenizer_cfg = recipe_modality(cfg), recipe_tokenizer(cfg)
         train_dataset(cfg, modality, DeferredTransform())
-    eval_datasets(modality, OmegaConf.to_container(cfg.eval, resolve=True))
+    else:
+        model_cfg = checkpoint_config(cfg.checkpoint)
+        modality, tokenizer_cfg = get_modality(model_cfg["modality"]), model_cfg.get("tokenizer") or {}
+    eval_datasets(modality, OmegaConf.to_container(cfg.eval, resolve=True), tokenizer_cfg)
 
 
 def build_backbone(cfg: Mapping[str, Any], device: torch.device) -> ClipBackbone:
@@ -146,7 +161,7 @@ def build_model(cfg: DictConfig, backbone: ClipBackbone) -> tuple[LensModel, dic
     trunk_cfg = OmegaConf.to_container(cfg.trunk, resolve=True)
     with config_scope("trunk"):
         trunk = backbone.trunk(**trunk_cfg)
-    tokenizer_cfg = OmegaConf.to_container(cfg.modality.get("tokenizer", {}), resolve=True)
+    tokenizer_cfg = recipe_tokenizer(cfg)
     # null = keep the modality's default for that key
     lens_cfg = {k: v for k, v in OmegaConf.to_container(cfg.lens, resolve=True).items() if v is not None}
     with config_scope("modality.tokenizer"):

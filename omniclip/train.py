@@ -27,6 +27,7 @@ from omniclip.recipe import (
     build_objective,
     eval_datasets,
     recipe_modality,
+    recipe_tokenizer,
     train_dataset,
 )
 from omniclip.trainer import Trainer, TrainResult, trainer_config_from
@@ -47,7 +48,7 @@ def build_trainer(cfg: DictConfig, env: DistEnv | None = None) -> tuple[Trainer,
     image_transform = DeferredTransform()  # the backbone's preprocessing, bound once it has loaded
     dataset = train_dataset(cfg, modality, image_transform)
     eval_cfg = OmegaConf.to_container(cfg.eval, resolve=True)
-    eval_sets = eval_datasets(modality, eval_cfg)
+    eval_sets = eval_datasets(modality, eval_cfg, recipe_tokenizer(cfg))
     env = env or init_distributed(cfg.get("device"))
     backbone = build_backbone(cfg.backbone, env.device)
     image_transform.bind(backbone.preprocess)

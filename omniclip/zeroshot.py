@@ -148,8 +148,9 @@ def run(cfg: DictConfig) -> list[EvalResult]:
         raise ConfigError("eval.tasks", "no evaluation task configured")
     # The data first (the checkpoint's config names the modality): a missing dataset fails
     # before any weights load.
-    modality = get_modality(checkpoint_config(checkpoint)["modality"])
-    datasets = eval_datasets(modality, eval_cfg)
+    model_cfg = checkpoint_config(checkpoint)
+    modality = get_modality(model_cfg["modality"])
+    datasets = eval_datasets(modality, eval_cfg, model_cfg.get("tokenizer") or {})
     model, backbone, _ = load_lens_model(checkpoint, backbone_pretrained=cfg.get("backbone_pretrained"),
                                          device=device)
     anchors = AnchorStore(backbone, cfg.anchors.get("cache_dir"), int(cfg.anchors.get("batch_size", 256)))

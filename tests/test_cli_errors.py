@@ -416,3 +416,23 @@ def test_demo_prints_no_dependency_warning(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr == ""  # was: "WARNING:root:No pretrained weights loaded for model ..." twice
     assert "chance:" in proc.stdout and json.loads((tmp_path / "out" / "results.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [(["data.train.num_points=12", "data.train.min_points=8"], "data.train.num_points"),
+     (["eval=modelnet40", "eval.tasks.modelnet40.dataset.num_points=12", "eval.tasks.modelnet40.dataset.min_points=8"],
+      "eval.tasks.modelnet40.dataset.num_points")],
+)
+def test_clouds_too_small_for_the_tokenizer_fail_before_the_backbone(tmp_path, overrides, key):
+    from tests.modalities.pointcloud.test_datasets import make_ulip_shapenet
+
+    shapenet = make_ulip_shapenet(tmp_path / "shapenet-55")
+    with initialize_config_module("omniclip.recipes", version_base="1.3"):
+        cfg = compose("train", ["experiment=pointcloud/vitlens_l_shapenet", "debug=default", NO_BACKBONE,
+                                f"output_dir={tmp_path / 'run'}", f"data.train.root={shapenet}",
+                                "modality.tokenizer.num_groups=16", "modality.tokenizer.group_size=8", *overrides])
+    with pytest.raises(ConfigError) as info:
+        train.build_trainer(cfg)
+    assert str(info.value) == (f"config `{key}`: 12 points per cloud cannot make the tokenizer's groups "
+                               "(modality.tokenizer.num_groups=16, group_size=8): set num_points >= 16")
