@@ -264,6 +264,7 @@ def test_recipe_defaults_pass_the_size_check():
     modality.check_data({"name": "pnsa"}, {"num_points": 10000, "with_color": True})
     with pytest.raises(ConfigError, match=r"^config `num_points`: 2048 points per cloud cannot make"):
         modality.check_data({"num_groups": 4096}, {"num_points": 2048})
+    modality.check_data({"name": "nope"}, {"num_points": 1})  # left to the tokenizer build, which names its key
 
 
 def test_tokenizer_forward_names_the_keys_when_clouds_are_too_small():
