@@ -564,6 +564,9 @@ def _read_pyav(source: VideoSource, info: VideoInfo, indices: list[int], opts: D
                     raise SampleError(name, f"frame {index} could not be decoded (truncated file?)")
         except _av_errors() as err:
             raise SampleError(name, f"cannot decode frame {indices[min(len(out), len(indices) - 1)]}: {err}") from None
+    shapes = {frame.shape for frame in out}
+    if len(shapes) > 1:
+        raise SampleError(name, f"the frame size changes inside the stream ({sorted(shapes)})")
     return np.stack(out)
 
 

@@ -257,3 +257,17 @@ def test_isolated_decoding_works_inside_dataloader_workers(videos):
     loader = torch.utils.data.DataLoader(_IsolatedReads(path), batch_size=None, num_workers=1)
     got = list(loader)
     assert [[media.frame_index(f, 30) for f in frames] for frames in got] == [[0, 20], [1, 20]]
+
+
+@pytest.mark.parametrize("backend", FILE_BACKENDS)
+def test_spliced_streams_with_a_size_change_are_sample_errors(tmp_path, backend):
+    """Two MPEG-TS files of different sizes joined byte-wise: timestamps restart and the picture
+    size changes mid-stream; no backend may return a wrongly sized or shuffled clip."""
+    need(backend)
+    first = media.write_video(tmp_path / "a.ts", 10, fmt="mpegts")
+    second = media.write_video(tmp_path / "b.ts", 10, fmt="mpegts", width=32, height=24)
+    path = tmp_path / "spliced.ts"
+    path.write_bytes(first.read_bytes() + second.read_bytes())
+    with pytest.raises(SampleError, match=r"could not be decoded|cannot decode|returned frames of shape|size changes") as caught:
+        read_frames(path, [0, 15], DecodeOptions(backend=backend))
+    assert caught.value.path == str(path)
