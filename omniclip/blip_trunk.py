@@ -1,0 +1,114 @@
+"""The vision tower of a BLIP-family model (InstructBLIP, BLIP-2) as a lens trunk.
+
+InstructBLIP's Q-Former reads the post-LayerNorm hidden states of its own vision tower (EVA
+ViT-g, 1408 wide, in the published checkpoints), so a lens whose output an InstructBLIP head is to
+read must be trained into that tower, not into a CLIP ViT. `BlipVisionTrunk` gives the tower the
+`ViTTrunk` interface (images or token sequences, skip / unlock / checkpoint / per-block hooks,
+frozen parts in eval mode), so the lens model, the trainer and zero-shot code drive it unchanged.
+
+Differences from an open_clip ViT, taken from the tower itself: no pre-LayerNorm, no projection
+(the embedding is the normalised class token, as wide as the tower), and the positional table is
+stored as ``[1, 1 + H*W, D]``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from omniclip.errors import ConfigError
+from omniclip.trunk import ViTTrunk, interpolate_positions
+
+
+class BlipVisionTrunk(ViTTrunk):
+    """A transformers ``InstructBlipVisionModel`` / ``Blip2VisionModel`` read as a `ViTTrunk`.
+
+    Frozen parameters are shared with ``vision_model``; unlocked ones are copied, so training a
+    lens never changes the tower the head was trained with. The forward machinery (hooks,
+    checkpointing, token checks) is `ViTTrunk`'s; only the embedding and the head differ.
+
+    Args mirror `ViTTrunk`: ``skip_blocks``, ``unlocked_blocks``, ``unlock_class_token``,
+    ``unlock_positional_embedding``, ``interpolate_positions``.
+    """
+
+    def __init__(
+        self,
+        vision_model: nn.Module,
+        skip_blocks: int = 0,
+        unlocked_blocks: int = 0,
+        unlock_class_token: bool = False,
+        unlock_positional_embedding: bool = False,
+        interpolate_positions: bool = False,
+    ) -> None:
+        nn.Module.__init__(self)  # ViTTrunk's constructor reads an open_clip tower
+        embeddings = getattr(vision_model, "embeddings", None)
+        needed = ("patch_embedding", "class_embedding", "position_embedding")
+        if embeddings is None or not all(hasattr(embeddings, n) for n in needed) or not hasattr(vision_model, "post_layernorm"):
+            raise ConfigError("backbone", f"{type(vision_model).__name__} is not a BLIP-family vision model "
+                              "(embeddings.patch_embedding / class_embedding / position_embedding, encoder.layers, "
+                              "post_layernorm)")
+        blocks = list(vision_model.encoder.layers)
+        if not 0 <= skip_blocks < len(blocks):
+            raise ConfigError("trunk.skip_blocks", f"{skip_blocks} is outside [0, {len(blocks) - 1}]")
+        blocks = blocks[skip_blocks:]
+        if not 0 <= unlocked_blocks <= len(blocks):
+            raise ConfigError("trunk.unlocked_blocks", f"{unlocked_blocks} exceeds the {len(blocks)} blocks that run")
+        self.conv1 = embeddings.patch_embedding
+        self.class_embedding = _param(embeddings.class_embedding, unlock_class_token)  # [1, 1, D]
+        self.positional_embedding = _param(embeddings.position_embedding, unlock_positional_embedding)  # [1, 1+N, D]
+        self.blocks = nn.ModuleList([copy.deepcopy(b) if i < unlocked_blocks else b for i, b in enumerate(blocks)])
+        self.ln_post = vision_model.post_layernorm
+        self.ln_pre = nn.Identity()
+        self.proj = None
+        self.patch_size = int(embeddings.patch_size)
+        self.image_size = int(embeddings.image_size)
+        side = self.image_size // self.patch_size
+        self.grid_size = (side, side)
+        self.pool_type = "tok"
+        self.final_ln_after_pool = False
+        self.skip_blocks = skip_blocks
+        self.unlocked_blocks = unlocked_blocks
+        self.allow_interpolation = interpolate_positions
+        self.grad_checkpointing = False
+        self.block_hooks = nn.ModuleDict()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for block in self.blocks[:unlocked_blocks]:
+            block.requires_grad_(True)
+        self.class_embedding.requires_grad_(unlock_class_token)
+        self.positional_embedding.requires_grad_(unlock_positional_embedding)
+
+    @property
+    def num_positions(self) -> int:
+        return int(self.positional_embedding.shape[1])
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Prepend the class token and add positions: [B, L, D] -> [B, 1+L, D] (no pre-norm)."""
+        batch, num_tokens, width = tokens.shape
+        if width != self.width:
+            raise ValueError(f"tokens have width {width}, the trunk expects {self.width}")
+        self.check_num_tokens(num_tokens)
+        pos = self.positional_embedding[0]
+        if num_tokens != self.num_positions - 1:
+            pos = interpolate_positions(pos, self.grid_size, num_tokens)
+        cls = self.class_embedding.to(tokens.dtype).expand(batch, 1, width)
+        return torch.cat([cls, tokens], dim=1) + pos.to(tokens.dtype)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Block outputs [B, 1+L, D] -> the normalised class token [B, D] (the tower has no projection)."""
+        return self.ln_post(features[:, 0])
+
+    def train(self, mode: bool = True) -> "BlipVisionTrunk":
+        nn.Module.train(self, mode)
+        for module in (self.ln_post, self.conv1, *self.blocks[self.unlocked_blocks :]):
+            module.eval()
+        return self
+
+
+def _param(param: nn.Parameter, unlocked: bool) -> nn.Parameter:
+    return nn.Parameter(param.detach().clone()) if unlocked else param
+
+
+__all__ = ["BlipVisionTrunk"]
