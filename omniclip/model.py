@@ -134,7 +134,12 @@ def resolve_lens_config(cfg: Mapping[str, Any], tokenizer: nn.Module, trunk: ViT
                 raise ConfigError(f"lens.{key}", "is `auto` but the tokenizer does not declare `out_dim`")
             resolved[key] = value
     if name == "perceiver" and resolved.get("latent_heads", "auto") in ("auto", None):
-        resolved["latent_heads"] = resolved["latent_dim"] // int(resolved.get("latent_dim_head", 64))
+        head = int(resolved.get("latent_dim_head", 64))
+        if resolved["latent_dim"] < head:
+            raise ConfigError("lens.latent_dim_head", f"{head} exceeds latent_dim {resolved['latent_dim']}, so "
+                              f"`auto` latent_heads would be 0: set lens.latent_dim_head to at most "
+                              f"{resolved['latent_dim']} (or lens.latent_heads)")
+        resolved["latent_heads"] = resolved["latent_dim"] // head
     return resolved
 
 

@@ -65,3 +65,14 @@ def test_build_lens_registry_and_errors():
         build_lens({"input_dim": 3})
     with pytest.raises(ConfigError, match="unexpected keyword"):
         build_lens({"name": "perceiver", "bogus": 1})
+
+
+@pytest.mark.parametrize("key", ["latent_heads", "cross_heads", "latent_dim_head", "depth", "num_latents"])
+def test_perceiver_refuses_zero_sizes_instead_of_crashing(key):
+    from omniclip.errors import ConfigError
+    from omniclip.lens.perceiver import Perceiver
+
+    sizes = {"input_dim": 8, "latent_dim": 16, "num_latents": 4, "depth": 1, "latent_heads": 2, "latent_dim_head": 8,
+             "cross_heads": 1, "cross_dim_head": 8, key: 0}
+    with pytest.raises(ConfigError, match=rf"config `lens.{key}`: must be >= 1, got 0"):
+        Perceiver(**sizes)

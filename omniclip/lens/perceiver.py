@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omniclip.errors import ConfigError
+
 
 class PreNorm(nn.Module):
     """LayerNorm on the input (and on the context for cross-attention), then ``fn``."""
@@ -113,6 +115,12 @@ class Perceiver(nn.Module):
         ff_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        sizes = {"input_dim": input_dim, "latent_dim": latent_dim, "num_latents": num_latents, "depth": depth,
+                 "cross_heads": cross_heads, "cross_dim_head": cross_dim_head, "latent_heads": latent_heads,
+                 "latent_dim_head": latent_dim_head}
+        for key, value in sizes.items():  # a zero-sized attention aborts the process inside SDPA
+            if int(value) < 1:
+                raise ConfigError(f"lens.{key}", f"must be >= 1, got {value}")
         self.input_dim = input_dim
         self.latent_dim = latent_dim
         self.num_latents = num_latents

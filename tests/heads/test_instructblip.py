@@ -131,3 +131,31 @@ def test_head_refuses_features_of_another_width_and_prompts_without_image_tokens
         head.generate(torch.randn(1, 257, 1024), qformer_ids, input_ids, max_new_tokens=2)
     with pytest.raises(ValueError, match=r"must hold 10 image tokens \(id 98\); found \[0\]"):
         head.generate(torch.randn(1, 226, 32), qformer_ids, input_ids[:, QUERIES:], max_new_tokens=2)
+
+
+def test_a_point_cloud_lens_into_the_instructblip_tower_feeds_the_head(model):
+    """The whole path: Point-BERT tokenizer -> Perceiver lens -> InstructBLIP's vision tower -> head."""
+    from omniclip.model import build_lens_model
+
+    trunk = BlipVisionTrunk(model.vision_model)
+    tokenizer_cfg = {"num_groups": 16, "group_size": 8, "eval_fps_start": 0}
+    with pytest.raises(ConfigError, match=r"lens.latent_dim_head.*64 exceeds latent_dim 32"):  # not a crash in SDPA
+        build_lens_model("pointcloud", trunk, tokenizer_cfg=tokenizer_cfg)
+    lens_model, config = build_lens_model("pointcloud", trunk, tokenizer_cfg=tokenizer_cfg,
+                                          lens_cfg={"latent_dim_head": 8, "cross_dim_head": 8})
+    assert config["lens"]["latent_dim"] == 32 and config["lens"]["num_latents"] == 225  # sized from the tower
+    assert config["lens"]["latent_heads"] == 4
+    lens_model.eval()
+    head = InstructBlipHead(model)
+    input_ids, attention_mask, qformer_ids = prompts(2)
+    clouds = torch.rand(2, 256, 3)
+    with torch.no_grad():
+        features = trunk.normed_tokens(lens_model.forward_features(clouds))
+        tokens = head.generate(features, qformer_ids, input_ids, attention_mask=attention_mask, max_new_tokens=4)
+        # the head reads exactly what the frozen tower makes of the lens latents
+        latents = lens_model.lens(lens_model.tokenizer(clouds))
+        x = torch.cat([model.vision_model.embeddings.class_embedding.expand(2, 1, 32), latents], 1)
+        x = x + model.vision_model.embeddings.position_embedding
+        reference = model.vision_model.post_layernorm(model.vision_model.encoder(inputs_embeds=x).last_hidden_state)
+    torch.testing.assert_close(features, reference, rtol=0, atol=1e-5)
+    assert tokens.shape == (2, input_ids.shape[1] + 4)
