@@ -23,7 +23,9 @@ Backends (``backend=``):
 ==============  ===============================================================================
 
 Every backend is handed the same probe, so frame ``i`` means the same picture for all of them
-(tests decode the same indices with every installed backend and compare pixels). Decoders are
+(tests decode the same indices with every installed backend and compare pixels). MPEG-TS and
+MPEG-PS files, in which torchcodec and decord were found to return wrong frames or none, are
+read by PyAV whatever the backend. Decoders are
 opened inside each call and never kept, so nothing is shared across forked DataLoader workers;
 FFmpeg gets one thread per call by default (a DataLoader already runs one process per core).
 
@@ -141,6 +143,7 @@ class VideoInfo:
     height: int
     rotation: int = 0
     codec: str = ""
+    container: str = ""
     header_frames: int | None = None
     variable_frame_rate: bool = False
     time_base: Fraction = Fraction(1, 1)
@@ -182,20 +185,29 @@ def available_backends() -> list[str]:
     return [b for b in ("torchcodec", "pyav", "decord") if backend_available(b) is None]
 
 
-def resolve_backend(backend: str, source: VideoSource) -> str:
-    """The backend that reads ``source``: ``frames`` for folders, else ``backend`` or the best one."""
+#: Containers in which a backend was found to seek to wrong frames or to fail (torchcodec 0.17 and
+#: decord 0.6 on MPEG-TS and MPEG-PS: frames off by one, or none); such files go to PyAV, whose
+#: reader falls back to decoding forward when a seek overshoots.
+_UNRELIABLE_CONTAINERS = {"torchcodec": frozenset({"mpegts", "mpeg"}), "decord": frozenset({"mpegts", "mpeg"})}
+
+
+def resolve_backend(backend: str, source: VideoSource, info: VideoInfo | None = None) -> str:
+    """The backend that reads ``source``: ``frames`` for folders; else ``backend`` (``auto``: the
+    best installed), unless it is known to misread ``info``'s container, which PyAV then reads."""
     if not isinstance(source, bytes) and Path(source).is_dir():
         return "frames"
-    if backend == "auto":
-        for name in ("torchcodec", "pyav"):
-            if backend_available(name) is None:
-                return name
-        raise ConfigError("backend", "no video decoder: pip install av (bundles FFmpeg), or torchcodec with FFmpeg")
     if backend == "frames":
         raise SampleError(_name(source), "not a frame folder")
-    why = backend_available(backend)
-    if why is not None:
-        raise ConfigError("backend", why)
+    if backend == "auto":
+        backend = next((b for b in ("torchcodec", "pyav") if backend_available(b) is None), "")
+        if not backend:
+            raise ConfigError("backend", "no video decoder: pip install av (bundles FFmpeg), or torchcodec with FFmpeg")
+    else:
+        why = backend_available(backend)
+        if why is not None:
+            raise ConfigError("backend", why)
+    if info is not None and info.container in _UNRELIABLE_CONTAINERS.get(backend, ()):
+        return "pyav"
     return backend
 
 
@@ -384,6 +396,7 @@ def _probe_pyav(source: VideoSource) -> VideoInfo:
         header = int(stream.frames) or None
         pts: list[int] = []
         keys: list[int] = []
+        rotation: int | None = None
         try:
             for packet in container.demux(stream):
                 if packet.size == 0:  # the flush packet at the end
@@ -394,17 +407,24 @@ def _probe_pyav(source: VideoSource) -> VideoInfo:
                 pts.append(int(stamp))
                 if packet.is_keyframe:
                     keys.append(int(stamp))
+                if rotation is None:
+                    # The first decoded frame carries the display matrix; decoding it here, not
+                    # after a seek back, also serves containers that seek inexactly (MPEG-TS).
+                    rotation = _first_rotation(stream, packet, name)
         except _av_errors() as err:
             if not pts:
                 raise SampleError(name, f"cannot read video packets (corrupt file): {err}") from None
             # A damaged tail: the frames before it are what the stream holds.
-        rotation = 0
-        if pts:
-            container.seek(min(pts), stream=stream, backward=True)
-            rotation = _first_rotation(container, stream, name)
+        if pts and rotation is None:
+            rotation = _first_rotation(stream, None, name)  # drain the decoder's delay
+            if rotation is None:
+                raise SampleError(name, "the video stream holds no decodable frame")
         time_base = stream.time_base or Fraction(1, 1)
         width, height = stream.codec_context.width, stream.codec_context.height
     pts.sort()
+    repeated = len(pts) - len(set(pts))
+    if repeated:  # an index -> timestamp seek would be ambiguous
+        raise SampleError(name, f"{repeated} frames repeat another frame's timestamp (spliced or broken stream)")
     order = {stamp: i for i, stamp in enumerate(pts)}
     keyframes = sorted({order[k] for k in keys}) or [0]
     times = np.asarray(pts, dtype=np.float64) * float(time_base)
@@ -418,21 +438,23 @@ def _probe_pyav(source: VideoSource) -> VideoInfo:
     else:
         fps = float(stream.average_rate or 0) or 1.0
         vfr, duration = False, 1.0 / fps
+    rotation = rotation or 0
     if rotation % 180:
         width, height = height, width
     return VideoInfo(num_frames=len(pts), fps=fps, duration=duration, width=width, height=height,
-                     rotation=rotation, codec=stream.codec_context.name, header_frames=header,
+                     rotation=rotation, codec=stream.codec_context.name, container=container.format.name,
+                     header_frames=header,
                      variable_frame_rate=vfr, time_base=Fraction(time_base), frame_pts=tuple(pts),
                      keyframes=tuple(keyframes))
 
 
-def _first_rotation(container: Any, stream: Any, name: str) -> int:
+def _first_rotation(stream: Any, packet: Any, name: str) -> int | None:
+    """Rotation of the first frame that ``packet`` (None: the decoder's flush) yields, if any."""
     try:
-        for frame in container.decode(stream):
-            return _rotation_of(frame, name)
+        decoded = stream.codec_context.decode(packet)
     except _av_errors() as err:
         raise SampleError(name, f"cannot decode the first frame (corrupt file): {err}") from None
-    raise SampleError(name, "the video stream holds no decodable frame")
+    return _rotation_of(decoded[0], name) if decoded else None
 
 
 def _rotation_of(frame: Any, name: str) -> int:
@@ -514,7 +536,7 @@ def read_frames(
     if bad.size:
         raise SampleError(_name(source), f"frame {int(bad[0])} requested but the video holds {info.num_frames} frames")
     distinct, inverse = np.unique(wanted, return_inverse=True)
-    backend = resolve_backend(opts.backend, source)
+    backend = resolve_backend(opts.backend, source, info)
     reader = _READERS[backend]
     frames = _bounded(reader, (source, info, distinct.tolist(), opts), opts, backend, source)
     frames = torch.as_tensor(frames)
@@ -530,7 +552,12 @@ def read_frames(
 
 def _read_pyav(source: VideoSource, info: VideoInfo, indices: list[int], opts: DecodeOptions) -> np.ndarray:
     """Seek to the keyframe before a target only when it lies past the decoding position; else
-    decode forward. Frames are matched by presentation timestamp, so the index is exact."""
+    decode forward. Frames are matched by presentation timestamp, so the index is exact.
+
+    MPEG-TS / MPEG-PS seeks are byte-based estimates that can land past the target (or past the
+    end); when one does, the rest of the clip is decoded forward from the start of the file
+    (``indices`` are sorted, so that is one pass).
+    """
     name = _name(source)
     out: list[np.ndarray] = []
     try:
@@ -544,30 +571,42 @@ def _read_pyav(source: VideoSource, info: VideoInfo, indices: list[int], opts: D
             stream.codec_context.thread_type = "AUTO"  # frame threads too
         frames: Iterator[Any] | None = None
         position = -1  # index of the last frame decoded
+        forward_only = False  # set once a seek overshot its target
         try:
             for index in indices:
                 target = info.frame_pts[index]
                 keyframe = info.keyframes[bisect.bisect_right(info.keyframes, index) - 1]
-                if frames is None or index <= position or keyframe > position:
+                sought = frames is None or (not forward_only and (index <= position or keyframe > position))
+                if sought:
                     container.seek(target, stream=stream, backward=True)
                     frames = container.decode(stream)
-                for frame in frames:
-                    stamp = frame.pts if frame.pts is not None else frame.dts
-                    if stamp is None or stamp < target:
-                        continue
-                    if stamp > target:
-                        raise SampleError(name, f"frame {index} (pts {target}) is missing from the stream")
-                    position = index
-                    out.append(frame.to_ndarray(format="rgb24"))
-                    break
-                else:
+                found = _decode_until(frames, target)
+                if sought and not forward_only and (found is None or found[0] > target):
+                    forward_only = True
+                    container.seek(0, backward=True)
+                    frames = container.decode(stream)
+                    found = _decode_until(frames, target)
+                if found is None:
                     raise SampleError(name, f"frame {index} could not be decoded (truncated file?)")
+                if found[0] > target:
+                    raise SampleError(name, f"frame {index} (pts {target}) is missing from the stream")
+                position = index
+                out.append(found[1].to_ndarray(format="rgb24"))
         except _av_errors() as err:
             raise SampleError(name, f"cannot decode frame {indices[min(len(out), len(indices) - 1)]}: {err}") from None
     shapes = {frame.shape for frame in out}
     if len(shapes) > 1:
         raise SampleError(name, f"the frame size changes inside the stream ({sorted(shapes)})")
     return np.stack(out)
+
+
+def _decode_until(frames: Iterator[Any], target: int) -> tuple[int, Any] | None:
+    """The first decoded frame at or after ``target`` with its timestamp; None at the end."""
+    for frame in frames:
+        stamp = frame.pts if frame.pts is not None else frame.dts
+        if stamp is not None and stamp >= target:
+            return stamp, frame
+    return None
 
 
 def _frame_times_to_play(info: VideoInfo, indices: list[int]) -> list[float]:

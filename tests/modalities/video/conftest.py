@@ -23,6 +23,8 @@ def videos(tmp_path_factory):
         "vfr.mp4": media.write_video(d / "vfr.mp4", 30, frame_times=VFR_TIMES),
         "gop10.mp4": media.write_video(d / "gop10.mp4", 40, gop=10),
         "with_audio.mp4": media.write_video(d / "with_audio.mp4", 30, audio=True),
+        "h264.ts": media.write_video(d / "h264.ts", 30, fmt="mpegts"),  # seeks by byte estimates
+        "mpeg2.mpg": media.write_video(d / "mpeg2.mpg", 30, codec="mpeg2video", fmt="mpeg"),
     }
 
 

@@ -24,7 +24,7 @@ INDICES = [29, 0, 3, 7, 12, 3, 28]  # out of order, one repeated, both ends
 
 @pytest.mark.parametrize("backend", FILE_BACKENDS)
 @pytest.mark.parametrize("name", ["h264.mp4", "mpeg4.mp4", "vp8.webm", "vp9.webm", "mpeg4.avi", "vfr.mp4",
-                                  "gop10.mp4", "with_audio.mp4"])
+                                  "gop10.mp4", "with_audio.mp4", "h264.ts", "mpeg2.mpg"])
 def test_backends_return_the_sequentially_decoded_frames(videos, name, backend):
     need(backend)
     path = videos[name]
@@ -56,7 +56,7 @@ def test_probe_measures_the_stream(videos):
     info = probe(videos["h264.mp4"])
     assert (info.num_frames, info.header_frames, info.width, info.height, info.rotation) == (30, 30, 64, 48, 0)
     assert info.fps == pytest.approx(25.0) and info.duration == pytest.approx(1.2)
-    assert info.codec == "h264" and not info.variable_frame_rate
+    assert info.codec == "h264" and not info.variable_frame_rate and info.container.startswith("mov,mp4")
     webm = probe(videos["vp8.webm"])
     assert webm.num_frames == 30 and webm.header_frames is None  # WebM headers carry no frame count
     vfr = probe(videos["vfr.mp4"])
@@ -260,14 +260,28 @@ def test_isolated_decoding_works_inside_dataloader_workers(videos):
 
 
 @pytest.mark.parametrize("backend", FILE_BACKENDS)
-def test_spliced_streams_with_a_size_change_are_sample_errors(tmp_path, backend):
-    """Two MPEG-TS files of different sizes joined byte-wise: timestamps restart and the picture
-    size changes mid-stream; no backend may return a wrongly sized or shuffled clip."""
+@pytest.mark.parametrize("second_starts, problem", [
+    (None, r"10 frames repeat another frame's timestamp \(spliced"),  # timestamps restart
+    (1.0, r"."),  # timestamps go on, the size changes: each backend fails its own way
+])
+def test_spliced_streams_with_a_size_change_are_sample_errors(tmp_path, backend, second_starts, problem):
+    """Two MPEG-TS files of different sizes joined byte-wise; no backend may return a wrongly
+    sized or shuffled clip."""
     need(backend)
-    first = media.write_video(tmp_path / "a.ts", 10, fmt="mpegts")
-    second = media.write_video(tmp_path / "b.ts", 10, fmt="mpegts", width=32, height=24)
+    times = None if second_starts is None else second_starts + np.arange(10) * 0.04
+    first = media.write_video(tmp_path / "a.ts", 10, fmt="mpegts", frame_times=None if times is None else np.arange(10) * 0.04)
+    second = media.write_video(tmp_path / "b.ts", 10, fmt="mpegts", width=32, height=24, frame_times=times)
     path = tmp_path / "spliced.ts"
     path.write_bytes(first.read_bytes() + second.read_bytes())
-    with pytest.raises(SampleError, match=r"could not be decoded|cannot decode|returned frames of shape|size changes") as caught:
+    with pytest.raises(SampleError, match=problem) as caught:
         read_frames(path, [0, 15], DecodeOptions(backend=backend))
     assert caught.value.path == str(path)
+
+
+def test_containers_a_backend_misreads_go_to_pyav(videos):
+    info = probe(videos["mpeg2.mpg"])
+    assert info.container == "mpeg" and probe(videos["h264.ts"]).container == "mpegts"
+    for backend in ("torchcodec", "decord", "auto"):
+        if backend == "auto" or io.backend_available(backend) is None:
+            assert io.resolve_backend(backend, videos["mpeg2.mpg"], info) == "pyav"
+    assert io.resolve_backend("pyav", videos["h264.mp4"], probe(videos["h264.mp4"])) == "pyav"
