@@ -85,7 +85,7 @@ def quiet_dependencies(verbose: bool = False) -> None:
 def _recipe_roots(overrides: Sequence[str]) -> list[Any]:
     """Folders hydra searches for the recipe: the shipped package, then ``hydra.searchpath``."""
     roots: list[Any] = [resources.files(RECIPES_PACKAGE)]
-    for override in _parse(overrides):
+    for override in _parse(overrides) or []:
         if override.key_or_group == "hydra.searchpath" and isinstance(override.value(), list):
             for entry in override.value():
                 scheme, _, location = str(entry).partition("://")
@@ -96,15 +96,18 @@ def _recipe_roots(overrides: Sequence[str]) -> list[Any]:
     return roots
 
 
-def _parse(overrides: Sequence[str]) -> list[Any]:
-    """hydra's parsed overrides, or none when they do not parse (hydra then reports why)."""
+def _parse(argv: Sequence[str]) -> list[Any] | None:
+    """hydra's parsed overrides among ``argv`` (hydra's own flags such as ``--cfg job`` set
+    aside as its parser does), or None when they do not parse: hydra then reports why."""
+    from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     try:
-        return OverridesParser.create().parse_overrides(list(overrides))
-    except HydraException:
-        return []
+        overrides = get_args_parser().parse_known_args(list(argv))[0].overrides
+        return OverridesParser.create().parse_overrides(overrides)
+    except (HydraException, SystemExit):
+        return None
 
 
 def group_options(group: str, roots: Iterable[Any]) -> list[str] | None:
@@ -157,21 +160,25 @@ def check_group_choices(config_name: str, overrides: Sequence[str]) -> None:
     hydra skips an ``optional`` group whose option does not exist, and names a missing required
     group only with a list of options; this says which option was meant, before anything loads.
     """
+    parsed = _parse(overrides)
+    if parsed is None:
+        return
     recipe = _Recipe.load(config_name)
     roots = _recipe_roots(overrides)
     chosen: dict[str, Any] = {}
-    for override in _parse(overrides):
+    for override in parsed:
         group = override.key_or_group
         if override.is_delete() or group.startswith("hydra") or override.package is not None:
             continue
-        value = override.value()
         options = group_options(group, roots)
-        if options is None or not isinstance(value, str):
+        if options is None:  # a key, not a group
             continue
+        value = override.value()
         chosen[group] = value
-        if value not in options:
-            raise ConfigError(group, f"unknown {group} `{value}`{did_you_mean(value, options)} "
-                                     f"(known: {', '.join(options)})")
+        for name in [value] if isinstance(value, str) else getattr(value, "list", []):  # a sweep: a,b
+            if isinstance(name, str) and name not in options:
+                raise ConfigError(group, f"unknown {group} `{name}`{did_you_mean(name, options)} "
+                                         f"(known: {', '.join(options)})")
     if "experiment" in chosen:  # an experiment sets the required groups itself
         return
     for group, default in recipe.groups.items():
