@@ -239,6 +239,17 @@ def test_config_error_is_one_line_with_the_fix(tmp_path):
     assert "INFO" not in proc.stdout and "pretrained" not in proc.stdout  # no backbone was built
 
 
+def test_missing_weights_offline_is_one_line(tmp_path):
+    proc = run_command("train", *train_args(tmp_path, "backbone=vit_b16"),
+                       env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("omniclip-train: error: the weights `ViT-B-16` / `datacomp_xl_s13b_b90k` are not in "
+                           "the local cache and huggingface.co cannot be reached (offline).")
+    assert line.endswith("then pass its path as backbone.pretrained=/path/to/file.")
+    assert "Traceback" not in proc.stdout + proc.stderr and "Parsing model identifier" not in proc.stdout
+
+
 def test_debug_flag_shows_the_traceback(tmp_path):
     proc = run_command("train", *train_args(tmp_path, "+data.train.root=/no/such/dir"), "--debug")
     assert proc.returncode != 0
