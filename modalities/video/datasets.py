@@ -29,7 +29,8 @@ Every item is a video file or a frame folder. Training samples hold one clip ``[
 the label and a caption (the class name through ``text_template``); evaluation samples hold
 ``num_clips x num_crops`` views ``[V, T, 3, S, S]`` and the item index as ``group_id``, which
 the modality's collate flattens and evaluation averages. A listed file that is missing, a
-label outside the class list, a path escaping the root, and every unreadable video raise
+label outside the class list, a path escaping the root (absolute or climbing out with ``..``,
+unless ``allow_outside_root: true``), and every unreadable video raise
 `SampleError` naming the file when the item is read, so the trainer's stop / skip policy
 applies to each. Decoders are opened inside ``__getitem__`` and never kept.
 
@@ -43,7 +44,6 @@ import csv
 import json
 import logging
 import os
-import posixpath
 import re
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -55,6 +55,7 @@ from torch.utils.data import Dataset
 
 from omniclip.data import require_dir, require_file, require_split
 from omniclip.errors import ConfigError, SampleError
+from omniclip.paths import ALLOW_KEY, resolve_in_root
 from omniclip.modalities.video.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, DecodeOptions, VideoSource, probe, read_frames
 from omniclip.modalities.video.sampling import ClipTooShort, SamplingOptions, sample_indices
 from omniclip.modalities.video.transforms import ClipTransform, TransformOptions
@@ -139,6 +140,8 @@ class VideoDataset(Dataset):
     """Base of the video datasets: subclasses fill ``items`` and ``class_names``."""
 
     multilabel = False
+    #: Read listed paths outside the video folder too (``allow_outside_root: true`` in a recipe).
+    allow_outside_root = False
 
     def __init__(self, root: Path, split: str, pipeline: ClipPipeline, video_dir: str = "",
                  text_template: str = "a photo of a {}."):
@@ -158,13 +161,12 @@ class VideoDataset(Dataset):
         return len(self.items)
 
     def resolve(self, item: Item) -> Path:
-        """The file of ``item``; a path that leaves the video folder is a bad sample (a list
-        must not reach ``../../etc``); symbolic links inside it are the user's choice."""
-        rel = item.path.replace("\\", "/")
-        norm = posixpath.normpath(rel)
-        if rel.startswith("/") or Path(item.path).is_absolute() or norm == ".." or norm.startswith("../"):
-            raise SampleError(self.video_root / rel, f"path escapes the dataset root {self.video_root} ({item.where})")
-        return self.video_root / norm
+        """The file of ``item``; a listed path that leaves the video folder (absolute, or ``..``)
+        is a bad sample unless ``allow_outside_root`` (`omniclip.paths.resolve_in_root`)."""
+        try:
+            return resolve_in_root(self.video_root, item.path, allow_outside=self.allow_outside_root)
+        except SampleError as err:
+            raise SampleError(err.path, f"{err.problem} ({item.where})") from None
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
@@ -433,10 +435,13 @@ def build_dataset(cfg: Mapping[str, Any], split: str, image_transform: Callable[
     cls = DATASETS[name]
     root = require_dir(params.pop("root", None))
     own = _own_keys(cls)
-    unknown = sorted(set(params) - own - set(_OPTION_KEYS))
+    unknown = sorted(set(params) - own - set(_OPTION_KEYS) - {ALLOW_KEY})
     if unknown:
-        known = ", ".join(sorted(own | set(_OPTION_KEYS) | {"root", "split"}))
+        known = ", ".join(sorted(own | set(_OPTION_KEYS) | {"root", "split", ALLOW_KEY}))
         raise ConfigError(unknown[0], f"unknown option for video dataset `{name}` (known: {known})")
     require_split(split, SPLITS)
+    allow_outside = bool(params.pop(ALLOW_KEY, False))
     pipeline = build_pipeline({k: params.pop(k) for k in list(params) if k in _OPTION_KEYS}, split == "train")
-    return cls(root, split, pipeline, **params)
+    dataset = cls(root, split, pipeline, **params)
+    dataset.allow_outside_root = allow_outside
+    return dataset

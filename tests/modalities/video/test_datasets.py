@@ -168,8 +168,8 @@ def bad_list(tmp_path):
 @pytest.mark.parametrize("index, file, problem", [
     (1, "missing.mp4", r"file not found \(list.txt line 2\)"),
     (2, "good.mp4", r"label 7 is outside the 2 classes \(list.txt line 3\)"),
-    (3, "../outside.mp4", r"path escapes the dataset root"),
-    (4, "/etc/passwd", r"path escapes the dataset root"),
+    (3, "../outside.mp4", r"climbs out of the folder with '\.\.'.*must stay inside the dataset root.*list.txt line 4"),
+    (4, "/etc/passwd", r"is absolute.*list.txt line 5"),
     (5, "short.mp4", r"clip too short: the clip needs 4 frames but the video holds 3"),
     (6, "corrupt.mp4", r"cannot open as a video"),
 ])
@@ -227,3 +227,15 @@ def test_the_clip_pipeline_reads_bytes_as_a_shard_reader_would(tmp_path):
     assert from_file.shape == (2, 4, 3, 32, 32)
     with pytest.raises(SampleError, match=r"<in-memory video>: cannot open as a video"):
         pipeline(b"garbage" * 100)
+
+
+def test_paths_outside_the_root_are_read_only_when_allowed(tmp_path):
+    outside = layouts.video(tmp_path / "elsewhere" / "v.mp4")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "list.txt").write_text(f"../elsewhere/v.mp4 0\n{outside} 0\n")
+    cfg = {"name": "list", "root": str(root), "list_file": "list.txt", "num_classes": 1, **CLIP}
+    with pytest.raises(SampleError, match=r"allow_outside_root: true"):
+        build_dataset(cfg, "train")[0]
+    allowed = build_dataset({**cfg, "allow_outside_root": True}, "train")
+    assert allowed[0]["inputs"].shape == allowed[1]["inputs"].shape == (4, 3, 32, 32)
