@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import hydra
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
@@ -340,8 +341,10 @@ def hydra_entry(
             print(help_text(prog, config_name, about, flags.rest))
             return
         debug = _debugging(flags.debug)
-        if flags.debug:
-            os.environ["HYDRA_FULL_ERROR"] = "1"  # hydra's own errors: full traceback too
+        previous = os.environ.get("HYDRA_FULL_ERROR")
+        # hydra then re-raises what it would print (a composition error over several lines, with a
+        # hint about this variable): errors are reported here, on one line.
+        os.environ["HYDRA_FULL_ERROR"] = "1"
         try:
             check_group_choices(config_name, flags.rest)
             sys.argv = [sys.argv[0], *flags.rest]  # hydra parses sys.argv
@@ -350,9 +353,14 @@ def hydra_entry(
             return
         except OmniclipError as exc:  # raised before hydra composed the recipe, or re-raised when debugging
             report, code = traceback.format_exc() if debug else one_line_error(prog, exc), EXIT_ERROR
+        except CompactHydraException as exc:  # the overrides do not compose: a bad key, value or option
+            report, code = traceback.format_exc() if debug else f"{prog}: error: {_hydra_message(exc)}", EXIT_ERROR
         except KeyboardInterrupt as exc:
             interrupted = f"{prog}: interrupted" + (f" ({exc})" if str(exc) else "")
             report, code = traceback.format_exc() if debug else interrupted, EXIT_INTERRUPTED
+        finally:
+            if not flags.debug:
+                _restore_env("HYDRA_FULL_ERROR", previous)
         _exit(report.rstrip("\n"), code)
 
     main.__doc__ = f"Compose the `{config_name}` recipe with command-line overrides, then run it."
@@ -386,6 +394,23 @@ def _task(prog: str, run: Callable[[DictConfig], Any], preflight: Callable[[Dict
         _exit(line, EXIT_ERROR)
 
     return task
+
+
+def _hydra_message(exc: BaseException) -> str:
+    """hydra's composition error on one line: its first paragraph, and the OmegaConf cause."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    message = str(exc).split("\n\n")[0]
+    if isinstance(exc.__cause__, OmegaConfBaseException):
+        message += f" ({str(exc.__cause__).splitlines()[0]})"
+    return " ".join(message.split())
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def _exit(report: str, code: int) -> None:

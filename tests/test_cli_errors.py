@@ -239,6 +239,13 @@ def test_config_error_is_one_line_with_the_fix(tmp_path):
     assert "INFO" not in proc.stdout and "pretrained" not in proc.stdout  # no backbone was built
 
 
+def test_override_that_does_not_compose_is_one_line(tmp_path):
+    proc = run_command("train", *train_args(tmp_path, "trainer.bogus=1"))
+    assert_one_line_error(proc, "omniclip-train: error: Could not override 'trainer.bogus'. To append to your "
+                                "config use +trainer.bogus=1 (Key 'bogus' is not in struct)")
+    assert "HYDRA_FULL_ERROR" not in proc.stderr
+
+
 def test_missing_weights_offline_is_one_line(tmp_path):
     proc = run_command("train", *train_args(tmp_path, "backbone=vit_b16"),
                        env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
