@@ -6,9 +6,10 @@
   keys (hydra's own ``--help`` would first compose the recipe, and fail on its ``???`` groups);
 - a misspelled option of a config group (``experiment=pointcloud/vitlens_l_shapent``) fails at
   once, naming the closest options, before anything loads;
-- omniclip's errors (config, data, weights, checkpoints) print one line on stderr, what went wrong
-  and how to fix it, and exit 2; ``--debug`` or ``HYDRA_FULL_ERROR=1`` shows the traceback;
-  Ctrl-C prints one line and exits 130;
+- omniclip's errors (config, data, weights, checkpoints; also raised in DataLoader workers) and
+  hydra's composition errors print one line on stderr, what went wrong and how to fix it, and
+  exit 2; ``--debug`` or ``HYDRA_FULL_ERROR=1`` shows the traceback; Ctrl-C prints one line and
+  exits 130 (the trainer has saved a checkpoint and logged how to resume);
 - log lines of dependencies (open_clip's INFO lines and its "no pretrained weights" warning,
   hydra, transformers) are hidden unless ``--verbose`` or ``hydra.verbose=true``; omniclip's own
   lines (losses, evaluations) stay.
