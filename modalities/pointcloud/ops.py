@@ -1,16 +1,34 @@
-"""Batched point-cloud primitives in plain PyTorch (CPU and CUDA, no compiled extension).
+"""Batched point-cloud primitives (CPU and CUDA).
 
-Every function takes a batch ``[B, N, ...]`` and works on the whole batch at once; the only Python
-loop is the one over farthest-point-sampling iterations, which is sequential by nature.
+Every function takes a batch ``[B, N, ...]`` and works on the whole batch at once. Farthest point
+sampling, sequential by nature, has three backends that return the same indices:
+
+- ``"torch"``: the reference, a batched loop with one Python iteration per centre (any device);
+- ``"fpsample"``: the compiled `fpsample <https://pypi.org/project/fpsample/>`_ library, one cloud
+  at a time (CPU, float32 distances; the ``pointcloud`` extra installs it);
+- ``"triton"``: one Triton kernel launch for all centres (CUDA; see ``kernels.py``).
+
+``farthest_point_sample(..., backend="auto")`` picks Triton for CUDA tensors and fpsample for CPU
+tensors, falling back to the torch loop when the library is missing, fails its self-check, or
+cannot reproduce the reference for the given input; :func:`fps_backend` says which one runs.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+from typing import Literal
+
+import numpy as np
 import torch
 from torch import Tensor
 
+log = logging.getLogger(__name__)
+
 # Running-minimum start value of the reference implementations (Point-BERT, PointNet++).
 _FAR = 1e10
+
+FpsBackend = Literal["auto", "torch", "fpsample", "triton"]
 
 
 def _check_cloud(name: str, xyz: Tensor) -> None:
@@ -28,13 +46,21 @@ def farthest_point_sample(
     npoint: int,
     start_idx: int | Tensor | None = None,
     generator: torch.Generator | None = None,
+    backend: FpsBackend = "auto",
 ) -> Tensor:
     """Indices [B, npoint] of ``npoint`` farthest-point-sampled centres of each cloud in ``xyz``.
 
     Same rule as the Point-BERT / PointNet++ reference: keep, for every point, the minimum squared
     distance to the centres chosen so far (starting at 1e10) and take the arg-max as the next
-    centre. The first centre is drawn uniformly with ``generator`` unless ``start_idx`` (an int
-    for all clouds or a LongTensor [B]) fixes it; pass 0 for reproducible evaluation.
+    centre; of equal maxima the lowest index wins. Squared distances are ``(dx*dx + dy*dy) + dz*dz``
+    with every step rounded (no fused multiply-add), in float32 (float64 for float64 input), so
+    every backend and device gives the same indices. The first centre is drawn uniformly with
+    ``generator`` (the global RNG of ``xyz``'s device when None) unless ``start_idx`` (an int for
+    all clouds or a LongTensor [B]) fixes it; pass 0 for reproducible evaluation. The draw is the
+    same whichever backend runs, so seeded runs and resumes do not depend on what is installed.
+
+    ``backend`` forces one implementation ("torch" is the reference); "auto" is described in the
+    module docstring.
     """
     _check_cloud("xyz", xyz)
     batch, num_points, _ = xyz.shape
@@ -57,16 +83,75 @@ def farthest_point_sample(
                 f"start_idx must be an int or a [{batch}] tensor in [0, {num_points}), "
                 f"got {start_idx!r}"
             )
-    farthest = start.to(device=device, dtype=torch.long).reshape(batch, 1)
-
-    # One contiguous [B, N] plane per coordinate: an iteration is one gather, (sub, square-accumulate)
-    # per axis + minimum + argmax on reused buffers, no allocation (17% faster on CPU than one
-    # [B, 3, N] difference tensor reduced over its axis).
+    start = start.to(device=device, dtype=torch.long)
+    # One contiguous [B, N] plane per coordinate (the torch loop's and the kernel's layout).
     planes = xyz.to(_distance_dtype(xyz)).permute(2, 0, 1).contiguous()  # [3, B, N]
-    min_dist = torch.full((batch, num_points), _FAR, dtype=planes.dtype, device=device)
+
+    chosen = _choose_backend(backend, planes)
+    if chosen == "triton":
+        from omniclip.modalities.pointcloud.kernels import fps_triton
+
+        return fps_triton(planes, start, npoint)
+    if chosen == "fpsample":
+        return _fps_fpsample(_fpsample_module(), planes, start, npoint)
+    return _fps_torch(planes, start, npoint)
+
+
+def fps_backend(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> str:
+    """The backend ``farthest_point_sample(backend="auto")`` uses for clouds of this device and dtype.
+
+    "fpsample" on CPU also needs finite coordinates spanning less than sqrt(5e9) (~7e4) units per
+    cloud; other clouds take the torch loop, call by call.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "triton" if _triton_available() else "torch"
+    if device.type == "cpu" and dtype != torch.float64 and _fpsample_module() is not None:
+        return "fpsample"
+    return "torch"
+
+
+def _choose_backend(backend: FpsBackend, planes: Tensor) -> str:
+    if backend == "auto":
+        chosen = fps_backend(planes.device, planes.dtype)
+        if chosen == "fpsample" and not _fpsample_can_reproduce(planes):
+            chosen = "torch"
+        return chosen
+    if backend == "torch":
+        return backend
+    if backend == "fpsample":
+        if planes.device.type != "cpu" or planes.dtype != torch.float32:
+            raise ValueError("backend='fpsample' needs a CPU tensor with float32 distances (not float64)")
+        if _fpsample_module() is None:
+            raise RuntimeError("backend='fpsample' asked for, but fpsample is not importable (pip install fpsample)")
+        if not _fpsample_can_reproduce(planes):
+            raise ValueError(
+                "backend='fpsample' cannot reproduce the reference for non-finite coordinates or clouds "
+                "whose squared extent reaches the 1e10 running-minimum start"
+            )
+        return backend
+    if backend == "triton":
+        if not _triton_available():
+            raise RuntimeError("backend='triton' asked for, but triton is not importable")
+        return backend
+    raise ValueError(f"backend must be one of auto, torch, fpsample, triton; got {backend!r}")
+
+
+def _fps_torch(planes: Tensor, start: Tensor, npoint: int) -> Tensor:
+    """The reference loop: batched over clouds, one iteration per centre, buffers reused.
+
+    One gather, then subtract / square / accumulate per axis + minimum + argmax, no allocation
+    (17% faster on CPU than one [B, 3, N] difference tensor reduced over its axis). The square
+    and the sum are separate ops on purpose: ``addcmul`` is a fused multiply-add on AVX2 CPUs and
+    not elsewhere, which changed near-equal distances' order from machine to machine.
+    """
+    _, batch, num_points = planes.shape
+    farthest = start.reshape(batch, 1)
+    min_dist = torch.full((batch, num_points), _FAR, dtype=planes.dtype, device=planes.device)
     dist = torch.empty_like(min_dist)
     diff = torch.empty_like(min_dist)
-    centres = torch.empty(batch, npoint, dtype=torch.long, device=device)
+    square = torch.empty_like(min_dist)
+    centres = torch.empty(batch, npoint, dtype=torch.long, device=planes.device)
     for i in range(npoint):
         centres[:, i : i + 1] = farthest
         centre = planes.gather(2, farthest.expand(3, batch, 1))  # [3, B, 1]
@@ -75,10 +160,94 @@ def farthest_point_sample(
             if axis == 0:
                 torch.mul(diff, diff, out=dist)
             else:
-                dist.addcmul_(diff, diff)
+                torch.mul(diff, diff, out=square)
+                dist.add_(square)
         torch.minimum(min_dist, dist, out=min_dist)
         farthest = min_dist.argmax(dim=1, keepdim=True)
     return centres
+
+
+def _fps_fpsample(fpsample, planes: Tensor, start: Tensor, npoint: int) -> Tensor:
+    """fpsample's exact FPS per cloud, fed the cloud in reverse point order.
+
+    fpsample keeps the *last* of equal maxima (``>=`` in its arg-max scan) where the reference
+    keeps the first; reversing the points turns one rule into the other, and every point's running
+    minimum is computed from its own coordinates only, so nothing else changes. Its running
+    minimum starts at +inf rather than 1e10, which agrees while every squared distance is below
+    1e10 (``_fpsample_can_reproduce``). ``fpsample`` is the module (the self-check runs this
+    before the module is accepted).
+    """
+    _, batch, num_points = planes.shape
+    # [B, N, 3] with points reversed; fpsample converts to its own layout anyway.
+    clouds = planes.flip(2).permute(1, 2, 0).numpy()
+    last = num_points - 1
+    out = np.empty((batch, npoint), dtype=np.int64)
+    for b, first in enumerate(start.tolist()):
+        out[b] = fpsample.fps_sampling(clouds[b], npoint, start_idx=last - first)
+    return torch.from_numpy(last - out)
+
+
+def _fpsample_can_reproduce(planes: Tensor) -> bool:
+    # amin/amax propagate NaN and inf turns the span into inf or NaN, so one finiteness test of
+    # the squared span covers non-finite coordinates too. Half of 1e10 leaves room for rounding.
+    span = (planes.amax(dim=2) - planes.amin(dim=2)).double().square().sum(dim=0)
+    return bool(torch.isfinite(span).all()) and float(span.max()) < _FAR / 2
+
+
+@functools.cache
+def _triton_available() -> bool:
+    try:
+        import omniclip.modalities.pointcloud.kernels  # noqa: F401
+    except ImportError as err:
+        log.info("farthest_point_sample on CUDA: triton is not importable (%s); using the torch loop", err)
+        return False
+    log.info("farthest_point_sample on CUDA: Triton kernel")
+    return True
+
+
+@functools.cache
+def _fpsample_module():  # -> module | None
+    """fpsample if importable and it passes the self-check, else None (logged once either way)."""
+    try:
+        import fpsample
+    except ImportError as err:
+        log.info("farthest_point_sample on CPU: fpsample is not importable (%s); using the torch loop", err)
+        return None
+    problem = _fpsample_self_check(fpsample)
+    if problem:
+        log.warning("farthest_point_sample on CPU: fpsample %s %s; using the torch loop", fpsample.__version__, problem)
+        return None
+    log.info("farthest_point_sample on CPU: fpsample %s", fpsample.__version__)
+    return fpsample
+
+
+# Two points whose squared distances from the origin order one way when every step is rounded
+# ((dx*dx + dy*dy) + dz*dz, the reference) and the other way with fused multiply-adds (found by a
+# search over random float32 points): a build of fpsample that fuses would pick the wrong one.
+ROUNDING_PROBE = (
+    (0.0, 0.0, 0.0),
+    (float.fromhex("0x1.b9baf0p-4"), float.fromhex("0x1.bb4858p-3"), float.fromhex("0x1.3a6500p-4")),
+    (float.fromhex("0x1.089400p-9"), float.fromhex("0x1.cfd9a8p-3"), float.fromhex("0x1.d44380p-4")),
+)
+
+
+def _fpsample_self_check(fpsample) -> str:
+    """Compare fpsample (through ``_fps_fpsample``) with the torch loop on clouds made to expose
+    differences: a fused-multiply-add probe, a lattice full of exact ties, duplicated points.
+    Returns what differs, or "" when all agree."""
+    probe = torch.tensor([ROUNDING_PROBE])
+    lattice = torch.stack(torch.meshgrid(*[torch.arange(4.0)] * 3, indexing="ij"), -1).reshape(1, 64, 3)
+    duplicated = torch.rand(1, 20, 3, generator=torch.Generator().manual_seed(0)).repeat(1, 3, 1)
+    cases = [(probe, 3, 0), (lattice, 64, 21), (duplicated, 60, 7)]
+    try:
+        for cloud, npoint, first in cases:
+            planes = cloud.permute(2, 0, 1).contiguous()
+            start = torch.tensor([first])
+            if not torch.equal(_fps_fpsample(fpsample, planes, start, npoint), _fps_torch(planes, start, npoint)):
+                return f"gives other indices than the reference on a {cloud.shape[1]}-point check cloud"
+    except Exception as err:  # an incompatible version: any failure means "do not use it"
+        return f"failed its self-check ({type(err).__name__}: {err})"
+    return ""
 
 
 def _pairwise_distance(query: Tensor, points: Tensor) -> Tensor:

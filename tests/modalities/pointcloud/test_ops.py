@@ -1,7 +1,20 @@
+import importlib.util
+import logging
+import sys
+import types
+
+import numpy as np
 import pytest
 import torch
 
-from omniclip.modalities.pointcloud.ops import ball_query, farthest_point_sample, gather_points, knn
+from omniclip.modalities.pointcloud import ops
+from omniclip.modalities.pointcloud.ops import ball_query, farthest_point_sample, fps_backend, gather_points, knn
+
+HAS_FPSAMPLE = importlib.util.find_spec("fpsample") is not None
+needs_fpsample = pytest.mark.skipif(not HAS_FPSAMPLE, reason="fpsample not installed (pip install fpsample)")
+# Every backend this machine can run on CPU tensors (Triton's are tested through its interpreter
+# in test_kernels.py and on CUDA below).
+CPU_BACKENDS = ["torch", pytest.param("fpsample", marks=needs_fpsample), "auto"]
 
 
 def loop_fps(xyz: torch.Tensor, npoint: int, start: list[int]) -> torch.Tensor:
@@ -142,6 +155,155 @@ def test_gather_points_any_index_shape():
         assert torch.equal(got[b], points[b][idx[b]])
     with pytest.raises(ValueError, match="idx batch size 1 does not match points batch size 2"):
         gather_points(points, idx[:1])
+
+
+def lattice(side: int) -> torch.Tensor:
+    """[1, side**3, 3] integer grid: squared distances are small integers, so exact ties abound."""
+    axis = torch.arange(float(side))
+    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(1, -1, 3)
+
+
+def tie_clouds() -> list[tuple[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(11)
+    distinct = torch.rand(2, 40, 3, generator=gen)
+    shuffled = lattice(5)[:, torch.randperm(125, generator=gen)]
+    return [
+        ("lattice", lattice(5)),
+        ("shuffled lattice", shuffled),
+        # Once the 40 distinct points are taken every running minimum is 0: a 3-way tie each time.
+        ("duplicates", distinct.repeat(1, 3, 1)),
+        ("all equal", torch.full((1, 30, 3), 0.25)),
+        # Mirror pairs around the origin: equal distances with distinct coordinates.
+        ("mirrored", torch.cat([distinct, -distinct], dim=1)),
+    ]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("num_points,npoint", [(1, 1), (2, 2), (3, 2), (17, 17), (300, 64), (1000, 1000), (4099, 100)])
+def test_fps_backends_equal_reference_loop(backend, num_points, npoint):
+    gen = torch.Generator().manual_seed(num_points)
+    xyz = torch.randn(3, num_points, 3, generator=gen) * 10
+    start = torch.randint(0, num_points, (3,), generator=gen)
+    got = farthest_point_sample(xyz, npoint, start_idx=start, backend=backend)
+    assert got.dtype == torch.long and got.shape == (3, npoint)
+    assert torch.equal(got, loop_fps(xyz, npoint, start.tolist()))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("name,cloud", tie_clouds(), ids=[name for name, _ in tie_clouds()])
+def test_fps_ties_take_the_first_index(backend, name, cloud):
+    num_points = cloud.shape[1]
+    for first in (0, num_points // 2, num_points - 1):
+        start = torch.full((cloud.shape[0],), first)
+        got = farthest_point_sample(cloud, num_points, start_idx=start, backend=backend)
+        assert torch.equal(got, loop_fps(cloud, num_points, start.tolist())), (name, first)
+    if name == "all equal":  # every later centre is a tie of all points: the first index, always
+        assert got[0, 1:].eq(0).all()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_fps_rounds_every_step_like_the_reference(backend):
+    # The probe's two points are ordered one way by (dx*dx + dy*dy) + dz*dz rounded at every step
+    # and the other way with fused multiply-adds (addcmul on AVX2 CPUs).
+    probe = torch.tensor([ops.ROUNDING_PROBE])
+    assert loop_fps(probe, 3, [0]).tolist() == [[0, 2, 1]]
+    assert farthest_point_sample(probe, 3, start_idx=0, backend=backend).tolist() == [[0, 2, 1]]
+
+
+def test_fps_default_start_draws_from_global_rng_for_every_backend():
+    xyz = torch.rand(4, 500, 3, generator=torch.Generator().manual_seed(1))
+    results = []
+    for backend in ["torch", "auto"] + (["fpsample"] if HAS_FPSAMPLE else []):
+        torch.manual_seed(123)
+        results.append(farthest_point_sample(xyz, 32, backend=backend))
+        after = torch.rand(1)  # the RNG advanced by exactly one [4] randint draw
+        torch.manual_seed(123)
+        first = torch.randint(0, 500, (4,))
+        assert torch.equal(results[-1][:, 0], first), backend
+        assert torch.equal(torch.rand(1), after), backend
+    assert all(torch.equal(r, results[0]) for r in results)
+
+
+@needs_fpsample
+def test_fps_cpu_backend_is_fpsample_and_logged(caplog):
+    ops._fpsample_module.cache_clear()
+    with caplog.at_level(logging.INFO, logger=ops.__name__):
+        assert fps_backend("cpu") == "fpsample"
+        assert fps_backend("cpu") == "fpsample"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"farthest_point_sample on CPU: fpsample {sys.modules['fpsample'].__version__}"
+    ]
+    assert fps_backend("cpu", torch.float64) == "torch"  # fpsample computes in float32 only
+
+
+def test_fps_falls_back_to_torch_when_fpsample_is_missing(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "fpsample", None)  # makes "import fpsample" raise ImportError
+    ops._fpsample_module.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger=ops.__name__):
+            assert fps_backend("cpu") == "torch"
+            xyz = torch.rand(2, 300, 3, generator=torch.Generator().manual_seed(2))
+            assert torch.equal(farthest_point_sample(xyz, 20, start_idx=4), loop_fps(xyz, 20, [4, 4]))
+            with pytest.raises(RuntimeError, match="fpsample is not importable"):
+                farthest_point_sample(xyz, 20, backend="fpsample")
+        messages = [r.getMessage() for r in caplog.records]
+        assert len(messages) == 1 and "fpsample is not importable" in messages[0]
+        assert "using the torch loop" in messages[0]
+    finally:
+        ops._fpsample_module.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "fake,problem",
+    [
+        # A build that keeps the last of equal maxima without our reversal, i.e. picks differently on ties.
+        (lambda pc, n, start_idx: np.asarray(loop_fps(torch.from_numpy(pc).flip(0)[None], n, [pc.shape[0] - 1 - start_idx]))[0], "other indices"),
+        (lambda pc, n, start_idx: np.arange(n), "other indices"),
+        (lambda pc, n, start_idx: (_ for _ in ()).throw(TypeError("new signature")), "failed its self-check"),
+    ],
+)
+def test_fps_rejects_an_fpsample_that_fails_the_self_check(monkeypatch, caplog, fake, problem):
+    module = types.SimpleNamespace(__version__="9.9", fps_sampling=fake)
+    monkeypatch.setitem(sys.modules, "fpsample", module)
+    ops._fpsample_module.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger=ops.__name__):
+            assert fps_backend("cpu") == "torch"
+        (record,) = caplog.records
+        assert record.levelno == logging.WARNING and problem in record.getMessage()
+    finally:
+        ops._fpsample_module.cache_clear()
+
+
+@needs_fpsample
+def test_fps_auto_takes_the_torch_loop_where_fpsample_would_differ():
+    # Points beyond sqrt(1e10) = 1e5 of the first centre keep the 1e10 start value in the
+    # reference, so they tie and the first wins; fpsample (starting at +inf) would take the truly
+    # farthest, index 2.
+    far_apart = torch.tensor([[[0.0, 0, 0], [2e5, 0, 0], [3e5, 0, 0]]])
+    assert loop_fps(far_apart, 2, [0]).tolist() == [[0, 1]]
+    assert farthest_point_sample(far_apart, 2, start_idx=0).tolist() == [[0, 1]]
+    with pytest.raises(ValueError, match="cannot reproduce the reference"):
+        farthest_point_sample(far_apart, 2, start_idx=0, backend="fpsample")
+    # NaN: the torch loop's minimum keeps it and its argmax ranks it first (the masked update of
+    # loop_fps would not: garbage in, but the same garbage from every backend); fpsample skips it.
+    with_nan = torch.rand(1, 50, 3, generator=torch.Generator().manual_seed(3))
+    with_nan[0, 17, 1] = float("nan")
+    reference = farthest_point_sample(with_nan, 10, start_idx=0, backend="torch")
+    assert reference.tolist() == [[0, 17] + [0] * 8]
+    assert torch.equal(farthest_point_sample(with_nan, 10, start_idx=0), reference)
+    with pytest.raises(ValueError, match="non-finite"):
+        farthest_point_sample(with_nan, 10, start_idx=0, backend="fpsample")
+    # float64 keeps float64 distances, which fpsample cannot.
+    xyz = torch.rand(2, 200, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    assert torch.equal(farthest_point_sample(xyz, 30, start_idx=1), farthest_point_sample(xyz, 30, start_idx=1, backend="torch"))
+    with pytest.raises(ValueError, match="float32"):
+        farthest_point_sample(xyz, 30, backend="fpsample")
+
+
+def test_fps_unknown_backend():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        farthest_point_sample(torch.rand(1, 10, 3), 2, backend="numpy")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
