@@ -146,7 +146,7 @@ def test_cosine_schedule_state_round_trip():
     "args, message",
     [
         ((-1, 10, 0.0), r"config `warmup_steps`: must be >= 0, got -1"),
-        ((10, 10, 0.0), r"config `total_steps`: must exceed warmup_steps \(10\), got 10"),
+        ((10, 10, 0.0), r"config `max_steps`: must exceed `warmup_steps` \(10\), got 10: raise `max_steps` or lower"),
         ((0, 10, 1.5), r"config `min_lr_ratio`: must be in \[0, 1\], got 1.5"),
     ],
 )
