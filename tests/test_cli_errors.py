@@ -283,6 +283,18 @@ def test_bad_file_in_a_worker_is_one_line_naming_file_and_skip_policy(tmp_path):
     assert int(lines[0][len(prefix):-len(sample)]) in range(16)
 
 
+def test_too_many_skipped_files_is_one_line(tmp_path):
+    import re
+
+    proc = run_command("train", *train_args(tmp_path, "+data.train.bad=[0,1,2,3]", "trainer.bad_samples=skip",
+                                            "trainer.max_skip_fraction=0.01"))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = proc.stderr.splitlines()
+    assert re.fullmatch(r"omniclip-train: error: \d+ of \d+ samples were skipped, more than max_skip_fraction=0\.01; "
+                        r"first: (toy/[0-3]\.bin: corrupt on purpose; )+the data looks broken, not single files: "
+                        r"check it \(tools/prepare_\*\.py\), or raise trainer\.max_skip_fraction", line), line
+
+
 def test_required_key_left_unset_is_one_line(capsys):
     task = cli._task("omniclip-zeroshot", zeroshot.run, None, verbose=False, debug=False)
     with pytest.raises(SystemExit) as exit_info:
