@@ -101,9 +101,12 @@ def test_help_of_the_installed_console_script(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["-h"]])
-def test_argparse_commands_help(argv, capsys):
+def test_argparse_commands_help(argv, capsys, monkeypatch):
     from omniclip import convert
     from omniclip.demo import run as demo
+
+    for module in (convert, demo):  # leave this process's logging as it is
+        monkeypatch.setattr(module, "quiet_dependencies", lambda verbose=False: None)
 
     for main, prog in ((convert.main, "omniclip-convert"), (demo.main, "omniclip-demo")):
         with pytest.raises(SystemExit) as exit_info:
@@ -295,7 +298,8 @@ def test_too_many_skipped_files_is_one_line(tmp_path):
                         r"check it \(tools/prepare_\*\.py\), or raise trainer\.max_skip_fraction", line), line
 
 
-def test_required_key_left_unset_is_one_line(capsys):
+def test_required_key_left_unset_is_one_line(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "quiet_dependencies", lambda verbose=False: None)  # leave this process's logging
     task = cli._task("omniclip-zeroshot", zeroshot.run, None, verbose=False, debug=False)
     with pytest.raises(SystemExit) as exit_info:
         task(OmegaConf.create({"checkpoint": "???", "device": "cpu", "eval": {"tasks": {"x": {}}}}))
@@ -434,18 +438,25 @@ def test_dependency_filter_keeps_own_lines_and_dependency_errors():
     assert keep(_record("omniclip.modalities.audio.io", logging.INFO, "/anywhere/io.py"))
 
 
-def test_verbose_removes_the_filter():
+def test_verbose_removes_the_filter(monkeypatch):
+    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "warning")  # kept: a user's setting wins
     handler = logging.StreamHandler()
     root = logging.getLogger()
     root.addHandler(handler)
+    transformers_level = logging.getLogger("transformers").level
     try:
         cli.quiet_dependencies(verbose=False)
         cli.quiet_dependencies(verbose=False)
         assert sum(isinstance(f, cli.DependencyFilter) for f in handler.filters) == 1
         cli.quiet_dependencies(verbose=True)
         assert not any(isinstance(f, cli.DependencyFilter) for f in handler.filters)
+        assert os.environ["TRANSFORMERS_VERBOSITY"] == "warning"
     finally:
         root.removeHandler(handler)
+        for other in root.handlers:  # the ones pytest attached
+            for f in [f for f in other.filters if isinstance(f, cli.DependencyFilter)]:
+                other.removeFilter(f)
+        logging.getLogger("transformers").setLevel(transformers_level)
 
 
 def test_demo_prints_no_dependency_warning(tmp_path):
