@@ -1,12 +1,18 @@
-"""Benchmark the point-cloud ops: batched FPS against per-sample loops, and tokenizer throughput.
+"""Benchmark the point-cloud ops: FPS backends against the reference algorithm, kNN, tokenizers.
 
     python tools/bench_pointcloud.py                 # CPU, 8 x 8192 points -> 512 centres
-    python tools/bench_pointcloud.py --device cuda
+    python tools/bench_pointcloud.py --device cuda   # adds the Triton kernel
 
-Baselines, both measured in the same run and checked to pick the same centres as ours:
-- "per-sample loop": one cloud at a time, one iteration per centre, the running minimum updated
-  through a boolean mask (how the ViT-Lens datasets run FPS, there in numpy);
-- "batched, [B, N, 3]": the ViT-Lens model-side FPS, batched but reducing over the last axis of 3.
+Every implementation is first checked to pick exactly the reference's centres, then all are timed
+in the same run with interleaved best-of-N rounds (tools/benchtime.py), so ratios are comparable
+on a shared machine. The ratio column is "x faster than the reference algorithm":
+- "reference: batched [B, N, 3]": the ViT-Lens model-side FPS, batched over clouds, one Python
+  iteration per centre, differences [B, N, 3] reduced over the last axis (1.0x by definition);
+- "per-sample loop": one cloud at a time with a masked running-minimum update (how the ViT-Lens
+  datasets run FPS, there in numpy);
+- "torch loop": ours, backend="torch" (one [B, N] plane per coordinate, buffers reused);
+- "fpsample": backend="fpsample", what backend="auto" runs on CPU;
+- "triton": backend="triton", what backend="auto" runs on CUDA (one launch for all centres).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Callable
 
 import torch
 from benchtime import best_times
-from omniclip.modalities.pointcloud.ops import farthest_point_sample
+from omniclip.modalities.pointcloud.ops import farthest_point_sample, fps_backend, gather_points, knn
 from omniclip.modalities.pointcloud.tokenizers import (
     PointBertTokenizer,
     PointNet2Tokenizer,
@@ -51,6 +57,40 @@ def batched_last_axis_fps(xyz: torch.Tensor, npoint: int, start: torch.Tensor) -
     return out
 
 
+def fps_table(xyz: torch.Tensor, npoint: int, start: torch.Tensor, repeats: int, per_sample: bool) -> None:
+    device = xyz.device
+    reference = batched_last_axis_fps(xyz, npoint, start)
+    fns: dict[str, Callable[[], torch.Tensor]] = {
+        "reference: batched [B, N, 3]": lambda: batched_last_axis_fps(xyz, npoint, start),
+    }
+    if per_sample:
+        fns["per-sample loop"] = lambda: per_sample_loop_fps(xyz, npoint, start)
+    fns["torch loop (ours)"] = lambda: farthest_point_sample(xyz, npoint, start, backend="torch")
+    if device.type == "cpu" and fps_backend("cpu") == "fpsample":
+        fns["fpsample"] = lambda: farthest_point_sample(xyz, npoint, start, backend="fpsample")
+    if device.type == "cuda" and fps_backend("cuda") == "triton":
+        fns["triton kernel"] = lambda: farthest_point_sample(xyz, npoint, start, backend="triton")
+    for name, fn in fns.items():
+        if not torch.equal(fn(), reference):
+            raise SystemExit(f"FPS '{name}' picked other centres than the reference")
+    best = best_times(fns, device, repeats)
+    batch, num_points, _ = xyz.shape
+    print(f"FPS {num_points} -> {npoint}, batch {batch}, {device} ({torch.get_num_threads()} threads), "
+          f"best of {repeats} interleaved rounds; auto backend: {fps_backend(device)}")
+    print(f"{'implementation':<30}{'ms':>10}{'x reference':>14}")
+    t_ref = best["reference: batched [B, N, 3]"]
+    for name, t in best.items():
+        print(f"{name:<30}{t * 1e3:>10.1f}{t_ref / t:>14.1f}")
+    print()
+
+
+def matmul_knn(query: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
+    """The reference's kNN: |c|^2 + |p|^2 - 2 c.p and an unsorted topk (not index-exact to ours)."""
+    dist = (query.square().sum(-1, keepdim=True) + points.square().sum(-1).unsqueeze(1)
+            - 2 * query @ points.transpose(1, 2))
+    return dist.topk(k, dim=-1, largest=False, sorted=False).indices
+
+
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Best wall time of ``repeats`` calls after one warm-up (seconds)."""
     return best_times({"fn": fn}, device, repeats)["fn"]
@@ -62,7 +102,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--points", type=int, default=8192)
     parser.add_argument("--centres", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -71,20 +112,18 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     xyz = torch.rand(args.batch, args.points, 3, generator=gen).to(device)
     start = torch.randint(0, args.points, (args.batch,), generator=gen)
-    ours = farthest_point_sample(xyz, args.centres, start_idx=start)
-    rows = []
-    t_ours = timed(lambda: farthest_point_sample(xyz, args.centres, start_idx=start), device, args.repeats)
-    for name, fn in [("per-sample loop", per_sample_loop_fps), ("batched, [B, N, 3]", batched_last_axis_fps)]:
-        if not torch.equal(fn(xyz, args.centres, start), ours):
-            raise SystemExit(f"baseline '{name}' picked different centres")
-        rows.append((name, timed(lambda fn=fn: fn(xyz, args.centres, start), device, 1)))
+    fps_table(xyz, args.centres, start, args.repeats, per_sample=True)
+    # The datasets' path: one cloud at a time (resampling a file to the recipe's point count).
+    fps_table(xyz[:1], args.centres, start[:1], args.repeats, per_sample=False)
 
-    print(f"FPS {args.points} -> {args.centres}, batch {args.batch}, {device} ({torch.get_num_threads()} threads)")
-    print(f"{'implementation':<22}{'ms':>10}{'ours is x faster':>18}")
-    print(f"{'ours (batched)':<22}{t_ours * 1e3:>10.1f}{'':>18}")
-    for name, t in rows:
-        print(f"{name:<22}{t * 1e3:>10.1f}{t / t_ours:>18.1f}")
-
+    centres = gather_points(xyz, farthest_point_sample(xyz, args.centres, start))
+    best = best_times({
+        "ours (exact differences + topk)": lambda: knn(centres, xyz, args.k),
+        "reference (matmul + topk)": lambda: matmul_knn(centres, xyz, args.k),
+    }, device, args.repeats)
+    print(f"kNN {args.centres} centres x {args.points} points, k {args.k}, batch {args.batch}, {device}")
+    for name, t in best.items():
+        print(f"{name:<34}{t * 1e3:>10.1f} ms")
     print()
     print(f"{'tokenizer (eval, no grad)':<34}{'clouds/s':>10}")
     for name, tok, channels, points in [
