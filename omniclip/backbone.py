@@ -8,6 +8,10 @@
   cache when present;
 * a model name ``local-dir:/path`` or ``hf-hub:org/repo`` (the name carries the weights).
 
+A name ``instructblip:<folder or hub id>`` loads an InstructBLIP model instead
+(`omniclip.blip_backbone`): its vision tower is the trunk, so lenses trained on it save and load
+through the same config entry as lenses on a CLIP.
+
 Offline, a download that cannot happen fails at once with a message saying which file to fetch
 and how to point omniclip at it, instead of hanging on retries.
 """
@@ -27,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omniclip.blip_backbone import InstructBlipBackbone, is_instructblip, load_instructblip
 from omniclip.errors import ConfigError, WeightsUnavailableError
 from omniclip.trunk import ViTTrunk
 
@@ -111,13 +116,21 @@ def load_backbone(
     cache_dir: str | None = None,
     freeze: bool = True,
     init_seed: int = 0,
-) -> ClipBackbone:
+) -> ClipBackbone | InstructBlipBackbone:
     """Build an open_clip model and its weights; see the module docstring for ``pretrained``.
 
     Random initialisation (``pretrained=None``) draws from a generator seeded with
     ``init_seed``, so a run with random weights is reproducible and can be resumed (the frozen
     trunk is the same in every process), and the anchor cache stays valid across runs.
+
+    ``instructblip:`` names return an `InstructBlipBackbone` (no text tower: a lens for it is
+    aligned to a CLIP's anchors); their name carries the weights, so ``pretrained`` must be unset.
     """
+    if is_instructblip(name):
+        if pretrained:
+            raise ConfigError("backbone.pretrained", f"`{pretrained}`: an InstructBLIP backbone names its weights "
+                              "itself (instructblip:<folder or hub id>); leave backbone.pretrained unset")
+        return load_instructblip(name, device, precision, cache_dir, freeze)
     model_name, weights = _resolve(name, pretrained or None, cache_dir)
     try:
         with torch.random.fork_rng(devices=[]):

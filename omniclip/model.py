@@ -192,12 +192,16 @@ def load_lens_model(
         raise FileNotFoundError(f"{path}: no config.json (expected a lens export or a checkpoint directory)")
     config = json.loads(config_file.read_text())
     model_cfg = config.get("model", config)
+    spec = model_cfg.get("backbone") or {}
     if backbone is None:
-        spec = model_cfg["backbone"]
+        if "name" not in spec:
+            raise ConfigError("backbone", f"{config_file} names no backbone (save_lens's config needs "
+                              "backbone.name, e.g. ViT-L-14 or instructblip:<folder>): pass backbone=")
         backbone = load_backbone(spec["name"], backbone_pretrained or spec.get("pretrained"), device=device)
     trunk = backbone.trunk(**model_cfg.get("trunk", {}))
+    _check_tower(path, model_cfg, backbone.name, trunk)
     model, _ = build_lens_model(model_cfg["modality"], trunk, model_cfg.get("tokenizer"), model_cfg["lens"],
-                                model_cfg["backbone"]["name"])
+                                spec.get("name", backbone.name))
     if (path / "lens.safetensors").is_file():
         state = load_file(str(path / "lens.safetensors"))
     elif (path / "weights.safetensors").is_file():
@@ -207,3 +211,16 @@ def load_lens_model(
         raise FileNotFoundError(f"{path}: neither lens.safetensors nor weights.safetensors")
     model.load_trainable_state_dict(state)
     return model.to(device).eval(), backbone, model_cfg
+
+
+def _check_tower(path: Path, model_cfg: Mapping[str, Any], backbone_name: str, trunk: ViTTrunk) -> None:
+    """A lens feeds only the tower it was trained on: say so, naming both widths, before the
+    width mismatch surfaces as some tokenizer or lens key (the audio tokenizer sizes itself
+    from the trunk, so its tokens would match the trunk and not the lens)."""
+    width = model_cfg["lens"].get("latent_dim")
+    if isinstance(width, int) and width != trunk.width:
+        trained_on = (model_cfg.get("backbone") or {}).get("name", "unrecorded")
+        raise CheckpointMismatchError(
+            f"the lens {path} was trained on a {width}-wide vision tower (backbone {trained_on}) but "
+            f"{backbone_name}'s tower is {trunk.width} wide: a lens feeds only the tower it was trained on; "
+            "use a lens trained on this tower")

@@ -1,0 +1,189 @@
+"""An InstructBLIP checkpoint as the backbone of a lens: ``instructblip:<folder or hub id>``.
+
+`omniclip.backbone.load_backbone` hands names with the ``instructblip:`` prefix to
+`load_instructblip`, so a lens built or trained on InstructBLIP's vision tower records that name
+in its ``config.json`` like any other backbone and `omniclip.model.load_lens_model` rebuilds it.
+The loaded `InstructBlipBackbone` gives the vision tower as a `BlipVisionTrunk` (what the lens
+feeds), the Q-Former + language model as an `InstructBlipHead` (what reads the tower's
+features), and the prompt and decoding of InstructBLIP's processor.
+
+The source is a local folder (``save_pretrained`` of the model and of its processor, or a
+downloaded hub repository) or a hub id taken from the Hugging Face cache; a hub id that is not
+cached fails at once offline, saying what to download and where to point omniclip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from omniclip.blip_trunk import BlipVisionTrunk
+from omniclip.errors import ConfigError, WeightsUnavailableError
+from omniclip.heads.instructblip import InstructBlipHead
+
+PREFIX = "instructblip:"
+#: Load dtypes by the backbone's ``precision`` (the values `omniclip.backbone.load_backbone` takes).
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def is_instructblip(name: str) -> bool:
+    return name.startswith(PREFIX)
+
+
+@dataclass
+class InstructBlipBackbone:
+    """A loaded InstructBLIP model and processor; ``name`` is ``instructblip:<source>``."""
+
+    model: nn.Module
+    processor: Any
+    name: str
+    pretrained: None = None  # the name carries the weights (as `local-dir:` does for open_clip)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def num_query_tokens(self) -> int:
+        return int(self.model.config.num_query_tokens)
+
+    def trunk(self, **options: Any) -> BlipVisionTrunk:
+        """The vision tower as a lens trunk (options as in `BlipVisionTrunk`)."""
+        return BlipVisionTrunk(self.model.vision_model, **options)
+
+    def head(self) -> InstructBlipHead:
+        return InstructBlipHead(self.model)
+
+    def prompt(self, question: str, batch: int) -> dict[str, torch.Tensor]:
+        """The head's inputs for ``question``, ``batch`` times, as InstructBLIP's processor builds
+        them for an image: ``num_query_tokens`` image tokens (not padded, no BOS) before the
+        tokenized question for the language model, the question alone for the Q-Former.
+
+        The processor adds the image tokens only when it is given pixel values, which a lens has
+        none of, so its text path is followed here with its own tokenizers and image token.
+        """
+        processor = self.processor
+        image_tokens = processor.tokenizer(image_token_text(processor) * self.num_query_tokens,
+                                           add_special_tokens=False, return_tensors="pt")
+        text = processor.tokenizer([question], return_tensors="pt")
+        qformer = processor.qformer_tokenizer([question], return_tensors="pt")
+        input_ids = torch.cat([image_tokens["input_ids"], text["input_ids"]], dim=1)
+        attention_mask = torch.cat([image_tokens["attention_mask"], text["attention_mask"]], dim=1)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
+                  "qformer_input_ids": qformer["input_ids"], "qformer_attention_mask": qformer["attention_mask"]}
+        # One question for every file: the rows are equal, so no padding side can change an answer.
+        return {k: v.expand(batch, -1).to(self.device) for k, v in inputs.items()}
+
+    def answers(self, generated: torch.Tensor, prompt_length: int) -> list[str]:
+        """Decoded new tokens of `InstructBlipHead.generate`'s output (a decoder-only language
+        model returns the prompt first; an encoder-decoder one returns only its answer)."""
+        if not self.model.language_model.config.is_encoder_decoder:
+            generated = generated[:, prompt_length:]
+        texts = self.processor.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        return [text.strip() for text in texts]
+
+
+def load_instructblip(
+    name: str,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    cache_dir: str | None = None,
+    freeze: bool = True,
+) -> InstructBlipBackbone:
+    """Load ``instructblip:<folder or hub id>`` (model and processor) in ``precision``."""
+    from transformers import AutoConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor
+
+    source, local_only = _resolve(name, cache_dir)
+    if precision not in DTYPES:
+        raise ConfigError("backbone.precision", f"`{precision}` for an InstructBLIP backbone (known: "
+                          f"{', '.join(DTYPES)})")
+    where = dict(cache_dir=cache_dir, local_files_only=local_only)
+    try:
+        config = AutoConfig.from_pretrained(source, **where)
+    except (OSError, ValueError) as exc:
+        raise _unloadable(name, "its config.json", exc) from exc
+    if config.model_type != "instructblip":
+        raise ConfigError("backbone.name", f"`{name}` is a `{config.model_type}` model, not InstructBLIP "
+                          "(model_type `instructblip`)")
+    try:
+        with _no_progress_bars():  # loading a backbone prints nothing, as open_clip's does
+            model = InstructBlipForConditionalGeneration.from_pretrained(source, dtype=DTYPES[precision], **where)
+    except OSError as exc:
+        raise _unloadable(name, "its weights", exc) from exc
+    try:
+        processor = InstructBlipProcessor.from_pretrained(source, **where)
+    except (OSError, ValueError, TypeError) as exc:
+        raise _unloadable(name, "its processor (tokenizer, qformer_tokenizer, image processor; save it with "
+                                "processor.save_pretrained into the model's folder)", exc) from exc
+    if processor.num_query_tokens is None:  # processors saved before transformers recorded the count
+        processor.num_query_tokens = config.num_query_tokens
+    if processor.num_query_tokens != config.num_query_tokens:
+        raise ConfigError("backbone.name", f"`{name}`: the processor puts {processor.num_query_tokens} image "
+                          f"tokens in a prompt but the model has {config.num_query_tokens} query tokens")
+    image_token = processor.tokenizer.convert_tokens_to_ids(image_token_text(processor))
+    if image_token != config.image_token_id:
+        raise ConfigError("backbone.name", f"`{name}`: the processor's image token `{image_token_text(processor)}` "
+                          f"is id {image_token} but the model's image_token_id is {config.image_token_id}")
+    model = model.to(device)
+    if freeze:
+        model.requires_grad_(False)
+        model.eval()
+    return InstructBlipBackbone(model, processor, name)
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def image_token_text(processor: Any) -> str:
+    """The processor's image token as text (an ``AddedToken`` it made, or the tokenizer's string)."""
+    token = processor.image_token
+    return str(getattr(token, "content", token))
+
+
+def _resolve(name: str, cache_dir: str | None) -> tuple[str, bool]:
+    """(folder or hub id for ``from_pretrained``, whether to read only local files)."""
+    from omniclip.backbone import HF_HOST, _cached_hf_file, _require_network, network_available
+
+    source = name[len(PREFIX):]
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"backbone `{name}`: {path} has no config.json (expected a folder written by "
+                                    "save_pretrained, or a downloaded InstructBLIP repository)")
+        return str(path), True
+    if path.exists() or source.startswith(("/", ".", "~")) or not _HUB_ID.fullmatch(source):
+        raise FileNotFoundError(f"backbone `{name}`: {path} is not a folder (expected a folder written by "
+                                "save_pretrained, or a hub id such as Salesforce/instructblip-flan-t5-xl)")
+    if _cached_hf_file(source, "config.json", cache_dir) is None:
+        _require_network(
+            f"the files of the InstructBLIP model `{source}`",
+            f"the repository https://{HF_HOST}/{source} (`hf download {source} --local-dir DIR`: config, weights, "
+            "processor and both tokenizers)",
+            "then name the folder instead of the hub id (instructblip:DIR; omniclip-describe --instructblip DIR)")
+        return source, False
+    return source, not network_available()
+
+
+def _unloadable(name: str, what: str, exc: BaseException) -> WeightsUnavailableError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return WeightsUnavailableError(f"backbone `{name}`: cannot load {what} ({first})")
+
+
+__all__ = ["InstructBlipBackbone", "PREFIX", "is_instructblip", "load_instructblip"]
