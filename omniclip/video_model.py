@@ -5,7 +5,7 @@ one image of a batch of ``B*T`` (`omniclip.trunk.ViTTrunk.forward_image`, so ``e
 frame), the ``T`` frame embeddings are averaged, and the video embedding is compared with class
 prompts through the text tower (`omniclip.text_trunk.TextTrunk`) by cosine similarity times
 CLIP's logit scale. Per-block modules inside the image tower (vision prompts here; ILA's frame
-alignment) are `ViTTrunk` block hooks; the temporal pooling is a module of its own so a learned
+alignment) are `ViTTrunk` block hooks (`omniclip.prompts`); the temporal pooling is a module of its own so a learned
 pooling (ILA's MIT) can take its place.
 """
 
@@ -80,41 +80,4 @@ class VideoClipModel(nn.Module):
         return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
 
 
-class PromptTokens(nn.Module):
-    """Learned prompt tokens of one block of the image tower (ViFi-CLIP's bridge-and-prompt).
-
-    A `ViTTrunk` block hook. Before the first block the prompts are appended after the patch
-    tokens, through the tower's ``ln_pre`` (the reference appends them before it, and ln_pre is a
-    per-token norm, so this is the same); before a later block they replace the last
-    ``num_tokens`` positions. The class token is what the tower pools, so prompts only act
-    through attention.
-    """
-
-    def __init__(self, width: int, num_tokens: int, append: bool, norm: nn.Module | None = None) -> None:
-        super().__init__()
-        if num_tokens < 1:
-            raise ConfigError("model.vision_prompts.num_tokens", f"must be >= 1, got {num_tokens}")
-        self.tokens = nn.Parameter(torch.empty(num_tokens, width).normal_(std=0.02))
-        self.append = append
-        self._norm = [norm]  # the tower's ln_pre: used, not owned (a submodule would duplicate its keys)
-
-    def forward(self, x: torch.Tensor, **_: Any) -> torch.Tensor:
-        prompts = self.tokens.to(x.dtype).expand(x.shape[0], -1, -1)
-        if self.append:
-            norm = self._norm[0]
-            return torch.cat([x, norm(prompts) if norm is not None else prompts], dim=1)
-        return torch.cat([x[:, : -self.tokens.shape[0]], prompts], dim=1)
-
-
-def add_vision_prompts(trunk: ViTTrunk, num_tokens: int, depth: int) -> list[PromptTokens]:
-    """Put learned prompts into the first ``depth`` blocks of ``trunk`` (block 0 appends them)."""
-    if not 1 <= depth <= len(trunk.blocks):
-        raise ConfigError("model.vision_prompts.depth", f"{depth} is outside [1, {len(trunk.blocks)}]")
-    hooks = [PromptTokens(trunk.width, num_tokens, append=i == 0, norm=trunk.ln_pre if i == 0 else None)
-             for i in range(depth)]
-    for i, hook in enumerate(hooks):
-        trunk.register_block_hook(i, hook)
-    return hooks
-
-
-__all__ = ["TemporalMean", "VideoClipModel", "PromptTokens", "add_vision_prompts"]
+__all__ = ["TemporalMean", "VideoClipModel"]

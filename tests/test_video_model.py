@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from omniclip.errors import ConfigError
 from omniclip.text_trunk import TextTrunk
-from omniclip.video_model import PromptTokens, VideoClipModel, add_vision_prompts
+from omniclip.prompts import PromptTokens, TextPrompts, add_vision_prompts
+from omniclip.video_model import VideoClipModel
 
 
 def test_text_trunk_equals_encode_text_from_ids_and_from_embeddings(tiny_backbone):
@@ -111,3 +112,29 @@ def test_vision_prompts_follow_the_bridge_and_prompt_layout(tiny_backbone):
         add_vision_prompts(tiny_backbone.trunk(), num_tokens=4, depth=3)
     with pytest.raises(ConfigError, match="num_tokens`: must be >= 1"):
         PromptTokens(8, 0, append=True)
+
+
+def test_text_prompts_start_as_the_template_and_follow_the_deep_prompt_layout(tiny_backbone):
+    clip, tokenizer = tiny_backbone.model, tiny_backbone.tokenizer
+    names = ["dog", "jumping_jack"]
+    with torch.no_grad():
+        shallow = TextPrompts(TextTrunk(clip), tokenizer, init="a photo of a", depth=1)
+        assert shallow.num_tokens == 4
+        # initialised from the template's own words, the prompt equals the plain template
+        reference = clip.encode_text(tokenizer(["a photo of a dog.", "a photo of a jumping jack."]))
+        torch.testing.assert_close(shallow.class_embeddings(names), reference, rtol=0, atol=1e-5)
+
+        text = TextTrunk(clip)
+        deep = TextPrompts(text, tokenizer, init="a photo of a", depth=2)
+        deep.context.normal_()
+        ids = tokenizer(["a photo of a dog."])
+        x = clip.token_embedding(ids)
+        x = torch.cat([x[:, :1], deep.context[None], x[:, 5:]], dim=1) + clip.positional_embedding
+        x = clip.transformer.resblocks[0](x, attn_mask=clip.attn_mask)
+        x = torch.cat([x[:, :1], deep.deep[0].tokens[None], x[:, 5:]], dim=1)
+        x = clip.ln_final(clip.transformer.resblocks[1](x, attn_mask=clip.attn_mask))
+        expected = x[torch.arange(1), ids.argmax(-1)] @ clip.text_projection
+        torch.testing.assert_close(deep.class_embeddings(["dog"]), expected, rtol=0, atol=1e-5)
+    assert {n for n, p in deep.named_parameters() if p.requires_grad} == {"context", "deep.0.tokens"}
+    with pytest.raises(ConfigError, match=r"text_prompts.depth.*outside \[1, 2\]"):
+        TextPrompts(TextTrunk(clip), tokenizer, depth=3)
