@@ -95,9 +95,10 @@ class TextPrompts(nn.Module):
         self.init = init
         self.tokenizer = tokenizer
         self._text = [text]  # used, not owned: the tower's weights belong to the model
-        self.deep = nn.ModuleList([_ReplaceContext(text.width, num_tokens) for _ in range(depth - 1)])
-        for index, hook in enumerate(self.deep, start=1):
-            text.register_block_hook(index, hook)
+        # keyed by the text block each one enters, as the published checkpoints number them
+        self.deep = nn.ModuleDict({str(i): _ReplaceContext(text.width, num_tokens) for i in range(1, depth)})
+        for index, hook in self.deep.items():
+            text.register_block_hook(int(index), hook)
 
     @property
     def num_tokens(self) -> int:

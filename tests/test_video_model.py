@@ -131,10 +131,10 @@ def test_text_prompts_start_as_the_template_and_follow_the_deep_prompt_layout(ti
         x = clip.token_embedding(ids)
         x = torch.cat([x[:, :1], deep.context[None], x[:, 5:]], dim=1) + clip.positional_embedding
         x = clip.transformer.resblocks[0](x, attn_mask=clip.attn_mask)
-        x = torch.cat([x[:, :1], deep.deep[0].tokens[None], x[:, 5:]], dim=1)
+        x = torch.cat([x[:, :1], deep.deep["1"].tokens[None], x[:, 5:]], dim=1)
         x = clip.ln_final(clip.transformer.resblocks[1](x, attn_mask=clip.attn_mask))
         expected = x[torch.arange(1), ids.argmax(-1)] @ clip.text_projection
         torch.testing.assert_close(deep.class_embeddings(["dog"]), expected, rtol=0, atol=1e-5)
-    assert {n for n, p in deep.named_parameters() if p.requires_grad} == {"context", "deep.0.tokens"}
+    assert {n for n, p in deep.named_parameters() if p.requires_grad} == {"context", "deep.1.tokens"}
     with pytest.raises(ConfigError, match=r"text_prompts.depth.*outside \[1, 2\]"):
         TextPrompts(TextTrunk(clip), tokenizer, depth=3)
