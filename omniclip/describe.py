@@ -23,17 +23,22 @@ import contextlib
 import json
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO
 
 import numpy as np
 import torch
 
+from omniclip.blip_backbone import PREFIX, InstructBlipBackbone, is_instructblip
 from omniclip.cli import EXIT_ERROR, one_line_error, quiet_dependencies
 from omniclip.errors import OmniclipError, SampleError
+from omniclip.heads.instructblip import InstructBlipHead
+from omniclip.model import LensModel, load_lens_model
 
 PROG = "omniclip-describe"
+#: Points per cloud unless --num-points says otherwise (Point-BERT's 8192, `CloudOptions`' default).
+DEFAULT_NUM_POINTS = 8192
 #: Seed of the point sampling of each file, so an answer depends on neither batch nor order.
 CLOUD_SEED = 0
 
@@ -149,20 +154,24 @@ def collect_files(items: Sequence[str], lists: Sequence[str], reader: Reader, mo
 class Describer:
     """A lens on an InstructBLIP vision tower and the model's head: files -> answers."""
 
-    backbone: Any  # omniclip.blip_backbone.InstructBlipBackbone
-    lens_model: Any  # omniclip.model.LensModel
+    backbone: InstructBlipBackbone
+    lens_model: LensModel
     reader: Reader
+    head: InstructBlipHead = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.head = self.backbone.head()
 
     @torch.no_grad()
     def features(self, files: Sequence[Path]) -> torch.Tensor:
         """Post-LayerNorm tower features [B, 1+L, W] of ``files`` (what the Q-Former reads)."""
         inputs = torch.stack([self.reader.read(path) for path in files]).to(self.backbone.device)
-        trunk = self.lens_model.trunk
-        return trunk.normed_tokens(self.lens_model.forward_features(inputs))
+        return self.lens_model.trunk.normed_tokens(self.lens_model.forward_features(inputs))
 
     def answer(self, features: torch.Tensor, question: str, **generate_kwargs: Any) -> list[str]:
+        """Greedy (or beam, ``num_beams``) answers to ``question``, one per row of ``features``."""
         prompt = self.backbone.prompt(question, features.shape[0])
-        generated = self.backbone.head().generate(features, **prompt, do_sample=False, **generate_kwargs)
+        generated = self.head.generate(features, **prompt, do_sample=False, **generate_kwargs)
         return self.backbone.answers(generated, prompt["input_ids"].shape[1])
 
 
@@ -171,14 +180,20 @@ def load_describer(lens: str | Path, instructblip: str, device: str | torch.devi
     """The lens at ``lens`` on the InstructBLIP model ``instructblip`` (a folder or a hub id,
     with or without the ``instructblip:`` prefix); ``reader`` defaults to the lens's modality's."""
     from omniclip.backbone import load_backbone
-    from omniclip.blip_backbone import PREFIX
-    from omniclip.model import load_lens_model
 
+    model_cfg = read_lens_config(lens)
     if reader is None:
-        model_cfg = read_lens_config(lens)
-        reader = modality_reader(model_cfg["modality"], model_cfg.get("tokenizer") or {}, 8192)
-    name = instructblip if instructblip.startswith(PREFIX) else PREFIX + instructblip
+        reader = modality_reader(model_cfg["modality"], model_cfg.get("tokenizer") or {}, DEFAULT_NUM_POINTS)
+    name = instructblip if is_instructblip(instructblip) else PREFIX + instructblip
     backbone = load_backbone(name, device=device)
+    trained_on = (model_cfg.get("backbone") or {}).get("name", "")
+    if not is_instructblip(trained_on):
+        # Same widths would load and answer nonsense: a CLIP tower's features are not the EVA tower's.
+        width = backbone.model.config.vision_config.hidden_size
+        raise DescribeError(f"the lens {lens} was trained on the {model_cfg['lens'].get('latent_dim', '?')}-wide "
+                            f"vision tower of {trained_on or 'an unrecorded backbone'}, not on an InstructBLIP one: "
+                            f"{name}'s Q-Former reads its own {width}-wide tower; use a lens trained on that tower "
+                            "(backbone instructblip:...)")
     lens_model, _, _ = load_lens_model(lens, backbone=backbone, device=device)
     return Describer(backbone, lens_model, reader)
 
@@ -228,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-beams", type=_positive, default=1, metavar="K",
                         help="beam search width; 1 is greedy (default 1)")
     parser.add_argument("--batch-size", type=_positive, default=8, metavar="B", help="files per batch (default 8)")
-    parser.add_argument("--num-points", type=_positive, default=8192, metavar="N",
+    parser.add_argument("--num-points", type=_positive, default=DEFAULT_NUM_POINTS, metavar="N",
                         help="points per cloud, by farthest-point sampling (default 8192, Point-BERT's)")
     parser.add_argument("--output", metavar="PATH", help="write the JSON lines here instead of stdout")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")

@@ -22,6 +22,8 @@ import soundfile
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
+    Blip2Config,
+    Blip2VisionModel,
     BlipImageProcessor,
     InstructBlipForConditionalGeneration,
     InstructBlipProcessor,
@@ -208,18 +210,40 @@ def test_a_lens_on_the_instructblip_tower_saves_and_loads_with_its_backbone(asse
 
 
 # ------------------------------------------------------------------------------------------- errors
-def test_a_lens_trained_on_another_tower_names_both_widths(assets, capsys, tiny_backbone, tmp_path):
+def test_a_lens_trained_on_a_clip_tower_names_both_widths(assets, capsys, tiny_backbone, tmp_path):
     lens_model, config = build_lens_model("pointcloud", tiny_backbone.trunk(), CLOUD_TOKENIZER, SMALL_HEADS,
                                           tiny_backbone.name)
     config.update(backbone={"name": "omniclip-tiny", "pretrained": None}, trunk={})
     lens_model.save_lens(tmp_path / "clip_lens", config)
-    code, out, err = run_main([str(assets["root"] / "cloud0.npy"), "--question", QUESTION, "--lens",
-                               str(tmp_path / "clip_lens"), "--instructblip", str(assets["model_dir"])], capsys)
+    code, out, err = run_main([str(assets["root"] / "cloud0.npy"), *common(assets, "pointcloud_lens"), "--lens",
+                               str(tmp_path / "clip_lens")], capsys)
     assert (code, out) == (2, "")
     assert err.splitlines() == [
-        f"omniclip-describe: error: the lens {tmp_path / 'clip_lens'} was trained on a 64-wide vision tower "
-        f"(backbone omniclip-tiny) but instructblip:{assets['model_dir']}'s tower is 32 wide: a lens feeds only "
-        "the tower it was trained on; use a lens trained on this tower"]
+        f"omniclip-describe: error: the lens {tmp_path / 'clip_lens'} was trained on the 64-wide vision tower of "
+        f"omniclip-tiny, not on an InstructBLIP one: instructblip:{assets['model_dir']}'s Q-Former reads its own "
+        "32-wide tower; use a lens trained on that tower (backbone instructblip:...)"]
+
+
+def test_a_lens_trained_on_another_instructblip_tower_names_both_widths(assets, capsys, tmp_path):
+    vision = Blip2VisionModel(Blip2Config(vision_config={"hidden_size": 48, "intermediate_size": 37,
+                                                         "num_hidden_layers": 1, "num_attention_heads": 4,
+                                                         "image_size": 30, "patch_size": 2}).vision_config)
+    lens_model, config = build_lens_model("pointcloud", BlipVisionTrunk(vision), CLOUD_TOKENIZER, SMALL_HEADS)
+    config.update(backbone={"name": "instructblip:/models/wider", "pretrained": None}, trunk={})
+    lens_model.save_lens(tmp_path / "wide_lens", config)
+    code, out, err = run_main([str(assets["root"] / "cloud0.npy"), *common(assets, "pointcloud_lens"), "--lens",
+                               str(tmp_path / "wide_lens")], capsys)
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        f"omniclip-describe: error: the lens {tmp_path / 'wide_lens'} was trained on a 48-wide vision tower (backbone "
+        f"instructblip:/models/wider) but instructblip:{assets['model_dir']}'s tower is 32 wide: a lens feeds only the "
+        "tower it was trained on; use a lens trained on this tower"]
+
+
+def test_a_folder_holding_another_model_type_is_refused(tmp_path):
+    Blip2Config().save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match=rf"`instructblip:{tmp_path}` is a `blip-2` model, not InstructBLIP"):
+        load_backbone(f"instructblip:{tmp_path}")
 
 
 @pytest.mark.parametrize(("name", "problem"), [
