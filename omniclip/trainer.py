@@ -613,7 +613,12 @@ class _StopBeforeStep(Exception):
 
 
 class _TrainStep(nn.Module):
-    """model + objective as one module: batch -> (loss, logs)."""
+    """model + objective as one module: batch -> (loss, logs).
+
+    A model may return ``(embeddings, aux_losses)``: losses it computes itself (ILA's frame
+    alignment), already weighted as its config says; they are added to the objective's loss and
+    logged under ``aux/<name>``.
+    """
 
     def __init__(self, model: nn.Module, objective: nn.Module) -> None:
         super().__init__()
@@ -621,7 +626,13 @@ class _TrainStep(nn.Module):
         self.objective = objective
 
     def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.objective(self.model(batch).float(), batch)
+        output = self.model(batch)
+        embeddings, aux = output if isinstance(output, tuple) else (output, {})
+        loss, logs = self.objective(embeddings.float(), batch)
+        for name, value in aux.items():
+            loss = loss + value.float()
+            logs[f"aux/{name}"] = float(value.detach())
+        return loss, logs
 
 
 def _trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:

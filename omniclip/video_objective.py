@@ -1,0 +1,71 @@
+"""Class-level training of video models against class text embeddings (ViFi-CLIP, ILA).
+
+When the text side trains (ViFi-CLIP's full fine-tune, bridge-and-prompt's context vectors) the
+class embeddings cannot come from a cache: `ClassText` computes them every step from the
+trainable text side, and `ClassObjective` scores video embeddings against them, cosine times the
+logit scale, with cross-entropy on integer labels or on the soft targets that mixup / cutmix and
+label smoothing make. Both are modules of the objective, so the trainer's optimizer, checkpoints
+and DDP see the text side's parameters with the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from omniclip.losses import ClassificationLoss, LogitScale
+from omniclip.prompts import TextPrompts
+from omniclip.text_trunk import TextTrunk
+
+
+class ClassText(nn.Module):
+    """Normalised class embeddings [C, E] from a text side that may train.
+
+    Either ``prompts`` (learned context, `TextPrompts`) or ``text`` with a ``template`` filled with
+    each class name ("{}" = the bare name, as ViFi-CLIP trains and evaluates).
+    """
+
+    def __init__(self, class_names: Sequence[str], text: TextTrunk | None = None,
+                 tokenizer: Callable[[list[str]], torch.Tensor] | None = None, template: str = "{}",
+                 prompts: TextPrompts | None = None) -> None:
+        super().__init__()
+        if (prompts is None) == (text is None):
+            raise ValueError("give either `prompts` or `text` (with a tokenizer)")
+        self.class_names = [str(n) for n in class_names]
+        self.prompts = prompts
+        self.text = text
+        if text is not None:
+            if tokenizer is None:
+                raise ValueError("`text` needs its `tokenizer`")
+            ids = tokenizer([template.format(n.replace("_", " ")) for n in self.class_names])
+            self.register_buffer("ids", ids, persistent=False)
+
+    def forward(self) -> torch.Tensor:
+        if self.prompts is not None:
+            features = self.prompts.class_embeddings(self.class_names)
+        else:
+            features = self.text(self.ids)
+        return F.normalize(features, dim=-1)
+
+
+class ClassObjective(nn.Module):
+    """``CE(scale * video @ class_text().T, labels)``; labels are ints [B] or soft targets [B, C]."""
+
+    def __init__(self, class_text: ClassText, logit_scale: LogitScale, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.class_text = class_text
+        self.logit_scale = logit_scale
+        self.loss = ClassificationLoss(label_smoothing)
+
+    def forward(self, embeddings: torch.Tensor, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        if "labels" not in batch:
+            raise KeyError(f"class-level training needs `labels` in the batch; batch keys: {sorted(batch)}")
+        classes = self.class_text().to(embeddings.dtype)
+        loss, logs = self.loss(embeddings, classes, batch["labels"].to(embeddings.device), self.logit_scale())
+        return loss, {f"class/{k}": v for k, v in logs.items()}
+
+
+__all__ = ["ClassText", "ClassObjective"]
