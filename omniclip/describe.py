@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "Video files are not supported yet.",
     )
     parser.add_argument("files", nargs="*", metavar="FILE",
-                        help="files, or folders (every file the lens's modality reads, recursively)")
+                        help="files, or folders (every file the lens's modality reads, recursively); with an "
+                             "audio lens a video container's soundtrack is read")
     parser.add_argument("--list", action="append", default=[], metavar="PATH", dest="lists",
                         help="a text file of paths, one a line, relative to its folder (repeatable)")
     parser.add_argument("--question", required=True, help='the question, e.g. "What is this?"')
@@ -254,7 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value

@@ -180,9 +180,12 @@ def load_lens_model(
 
     ``path`` holds ``lens.safetensors`` + ``config.json`` (what training exports to
     ``<run>/lens``) or ``weights.safetensors`` + ``config.json`` (a ``checkpoints/step_*``
-    directory). The config names the backbone; pass ``backbone`` to reuse a loaded one, or
-    ``backbone_pretrained`` to take its weights from elsewhere (e.g. a local file).
-    Returns (model, backbone, model config).
+    directory). The config names the backbone (any name `omniclip.backbone.load_backbone` takes,
+    ``instructblip:<folder or hub id>`` included); pass ``backbone`` to reuse a loaded one (the
+    same model from another place: a lens recorded on a hub id, loaded on its downloaded
+    folder), or ``backbone_pretrained`` to take its weights from elsewhere (e.g. a local file).
+    A lens whose width is not the trunk's is refused, naming both. Returns (model, backbone,
+    model config).
     """
     from omniclip.backbone import load_backbone
 

@@ -90,7 +90,8 @@ def assets(tmp_path_factory):
         cloud = rng.normal(size=(POINTS, 3)).astype(np.float32) * (1 + i)
         np.save(root / f"cloud{i}.npy", cloud)
         clouds[f"cloud{i}.npy"] = cloud
-    header = f"ply\nformat ascii 1.0\nelement vertex {POINTS}\nproperty float x\nproperty float y\nproperty float z\nend_header\n"
+    header = (f"ply\nformat ascii 1.0\nelement vertex {POINTS}\n"
+              "property float x\nproperty float y\nproperty float z\nend_header\n")
     # repr of a float32 parses back to the same float32: the .ply holds cloud1's very points
     body = "".join(" ".join(repr(float(v)) for v in row) + "\n" for row in clouds["cloud1.npy"])
     (root / "same_as_cloud1.ply").write_text(header + body)
@@ -278,7 +279,8 @@ def test_the_first_batches_answers_are_kept_when_a_later_file_is_bad(assets, cap
                              *common(assets, "pointcloud_lens", "--num-points", str(POINTS), "--max-new-tokens", "2",
                                      "--batch-size", "1", "--output", str(output))], capsys)
     assert code == 2 and err.endswith("gone.ply: file not found\n")
-    assert [json.loads(line)["file"] for line in output.read_text().splitlines()] == [str(assets["root"] / "cloud0.npy")]
+    written = [json.loads(line)["file"] for line in output.read_text().splitlines()]
+    assert written == [str(assets["root"] / "cloud0.npy")]
 
 
 def test_a_missing_model_fails_at_once_offline_saying_what_to_download(assets, tmp_path):
@@ -318,11 +320,14 @@ def test_help_and_usage_errors(capsys):
                  "--output", "--list", "Video files are not supported yet"):
         assert flag in out
     code, out, err = run_main(["x.npy", "--lens", "l", "--instructblip", "m"], capsys)
-    assert code == 2 and err.splitlines()[-1] == "omniclip-describe: error: the following arguments are required: --question"
-    code, out, err = run_main(["x.npy", "--question", "q", "--lens", "l", "--instructblip", "m", "--num-beams", "0"],
-                              capsys)
-    assert code == 2 and err.splitlines()[-1] == ("omniclip-describe: error: argument --num-beams: must be a positive "
-                                                  "integer, got 0")
+    assert code == 2
+    assert err.splitlines()[-1] == "omniclip-describe: error: the following arguments are required: --question"
+    for value, shown in (("0", "0"), ("two", "'two'")):
+        code, out, err = run_main(["x.npy", "--question", "q", "--lens", "l", "--instructblip", "m", "--num-beams",
+                                   value], capsys)
+        assert code == 2
+        assert err.splitlines()[-1] == ("omniclip-describe: error: argument --num-beams: must be a positive "
+                                        f"integer, got {shown}")
 
 
 def test_the_console_script_is_declared():
