@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import re
 import signal
@@ -410,3 +411,41 @@ def test_progress_lines_and_eval_results_are_logged_without_a_progress_bar(tmp_p
     assert [line.split("  ")[0] for line in steps] == ["step 2/4", "step 4/4"]
     assert f"loss {result.losses[1]:.4f}" in steps[0] and " samples/s" in steps[0] and "lr " in steps[0]
     assert "eval toyset at step 4: top1 12.5" in lines
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cuda_trains_and_resumes_exactly(tmp_path, precision):
+    """The CPU tests above on a GPU: autocast dtype inside the trunk, finite losses close to fp32,
+    and (fp16) the GradScaler's scale restored on resume."""
+    from omniclip.backbone import load_backbone
+    from omniclip.distributed import DistEnv
+
+    env = DistEnv(rank=0, local_rank=0, world_size=1, backend=None, device=torch.device("cuda"))
+
+    def cuda_trainer(out, **overrides):
+        backbone = load_backbone("omniclip-tiny", device="cuda")
+        torch.manual_seed(0)
+        modality = ToyModality()
+        model, _ = build_lens_model(modality, backbone.trunk(unlocked_blocks=1), lens_cfg=DROPOUT)
+        objective = ContrastiveObjective(AnchorStore(backbone), LogitScale(backbone.logit_scale, learnable=True))
+        cfg = TrainerConfig(**{"max_steps": 6, "batch_size": 4, "lr": 1e-3, "warmup_steps": 2, "num_workers": 0,
+                               "checkpoint_every": 3, "log_every": 1, "progress_bar": False, "tensorboard": False,
+                               **overrides})
+        return Trainer(cfg, model, objective, modality.build_dataset({"size": 12}, "train"), modality.collate, out,
+                       env=env)
+
+    dtypes = []
+    trainer = cuda_trainer(tmp_path / "amp", precision=precision)
+    linear = next(m for n, m in trainer.model.trunk.named_modules() if "mlp" in n and isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    amp = trainer.fit().losses
+    assert set(dtypes) == {torch.bfloat16 if precision == "bf16" else torch.float16}
+    fp32 = cuda_trainer(tmp_path / "fp32").fit().losses
+    assert all(math.isfinite(x) for x in amp) and amp == pytest.approx(fp32, rel=5e-2)
+    part = cuda_trainer(tmp_path / "part", precision=precision)
+    first = part.fit(stop_at=3)
+    resumed = cuda_trainer(tmp_path / "part", precision=precision)
+    second = resumed.fit()
+    assert first.losses + second.losses == pytest.approx(amp, abs=1e-5)
+    assert resumed.scaler.get_scale() == trainer.scaler.get_scale()
