@@ -42,7 +42,8 @@ def run_command(module: str, *args: str, env: dict[str, str] | None = None, time
     code = ("from omniclip import registry; from tests.toy_modality import ToyModality; "
             "registry.register('modality', 'toy', ToyModality); "
             f"from omniclip.{module} import main; main()")
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True,
+    popen.setdefault("cwd", ROOT)
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           timeout=timeout, env=_env(env), **popen)
 
 
@@ -457,6 +458,20 @@ def test_verbose_removes_the_filter(monkeypatch):
             for f in [f for f in other.filters if isinstance(f, cli.DependencyFilter)]:
                 other.removeFilter(f)
         logging.getLogger("transformers").setLevel(transformers_level)
+
+
+def test_zeroshot_output_is_the_table_and_leaves_no_log_file_behind(tmp_path, tiny_backbone):
+    lens = _lens_export(tmp_path, tiny_backbone, "omniclip-tiny")
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    proc = run_command("zeroshot", TEST_RECIPES, "eval=toy", f"checkpoint={lens}", "num_workers=0",
+                       f"anchors.cache_dir={tmp_path / 'anchors'}", cwd=workdir,
+                       env={"PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["dataset", "task", "model", "N", "top1", "top5", "mean_per_class_recall"]
+    assert lines[-1] == f"results written to {lens / 'zeroshot.json'}" and len(lines) == 4
+    assert list(workdir.iterdir()) == []  # no zeroshot.log, no outputs/ folder
 
 
 def test_demo_prints_no_dependency_warning(tmp_path):
