@@ -61,6 +61,26 @@ class InstructBlipBackbone:
     def head(self) -> InstructBlipHead:
         return InstructBlipHead(self.model)
 
+    # A ClipBackbone also embeds anchors (texts, images) for training and zero-shot evaluation;
+    # InstructBLIP has no contrastive text tower, so those paths stop here with what to do.
+    def encode_text(self, texts: Any, normalize: bool = True) -> torch.Tensor:
+        raise self._no_anchors()
+
+    def encode_image(self, images: Any, normalize: bool = True) -> torch.Tensor:
+        raise self._no_anchors()
+
+    def fingerprint(self, tower: str) -> str:
+        raise self._no_anchors()
+
+    @property
+    def logit_scale(self) -> float:
+        raise self._no_anchors()
+
+    def _no_anchors(self) -> ConfigError:
+        return ConfigError("backbone.name", f"`{self.name}` has no contrastive text or image tower to align a lens "
+                           "to or to classify with: anchors come from a CLIP (a lens for InstructBLIP's tower is "
+                           "aligned to a CLIP's space); use this backbone to describe (omniclip-describe)")
+
     def prompt(self, question: str, batch: int) -> dict[str, torch.Tensor]:
         """The head's inputs for ``question``, ``batch`` times, as InstructBLIP's processor builds
         them for an image: ``num_query_tokens`` image tokens (not padded, no BOS) before the
@@ -100,11 +120,11 @@ def load_instructblip(
     """Load ``instructblip:<folder or hub id>`` (model and processor) in ``precision``."""
     from transformers import AutoConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor
 
-    source, local_only = _resolve(name, cache_dir)
+    source = _resolve(name, cache_dir)  # a local folder
     if precision not in DTYPES:
         raise ConfigError("backbone.precision", f"`{precision}` for an InstructBLIP backbone (known: "
                           f"{', '.join(DTYPES)})")
-    where = dict(cache_dir=cache_dir, local_files_only=local_only)
+    where = dict(local_files_only=True)
     try:
         config = AutoConfig.from_pretrained(source, **where)
     except (OSError, ValueError) as exc:
@@ -112,6 +132,7 @@ def load_instructblip(
     if config.model_type != "instructblip":
         raise ConfigError("backbone.name", f"`{name}` is a `{config.model_type}` model, not InstructBLIP "
                           "(model_type `instructblip`)")
+    _require_in(name, source, "qformer_tokenizer")  # transformers would silently use the LM's tokenizer
     try:
         with _no_progress_bars():  # loading a backbone prints nothing, as open_clip's does
             model = InstructBlipForConditionalGeneration.from_pretrained(source, dtype=DTYPES[precision], **where)
@@ -130,7 +151,8 @@ def load_instructblip(
     image_token = processor.tokenizer.convert_tokens_to_ids(image_token_text(processor))
     if image_token != config.image_token_id:
         raise ConfigError("backbone.name", f"`{name}`: the processor's image token `{image_token_text(processor)}` "
-                          f"is id {image_token} but the model's image_token_id is {config.image_token_id}")
+                          f"is id {image_token} but the model's image_token_id is {config.image_token_id} (set "
+                          f"image_token_index to {image_token} in its config.json if the tokenizer is the model's)")
     model = model.to(device)
     if freeze:
         model.requires_grad_(False)
@@ -157,28 +179,42 @@ def image_token_text(processor: Any) -> str:
     return str(getattr(token, "content", token))
 
 
-def _resolve(name: str, cache_dir: str | None) -> tuple[str, bool]:
-    """(folder or hub id for ``from_pretrained``, whether to read only local files)."""
-    from omniclip.backbone import HF_HOST, _cached_hf_file, _require_network, network_available
+def _resolve(name: str, cache_dir: str | None) -> Path:
+    """The local folder ``name`` names: the folder itself, or a hub id's snapshot in the cache
+    (downloaded first when it is not there and the hub can be reached).
+
+    Everything then loads from a folder: given a hub id offline, transformers cannot find the
+    ``qformer_tokenizer/`` subfolder in the cache and silently gives the Q-Former the language
+    model's tokenizer instead (it only logs a warning), which changes every prompt.
+    """
+    from huggingface_hub import snapshot_download
+
+    from omniclip.backbone import HF_HOST, _cached_hf_file, _require_network
 
     source = name[len(PREFIX):]
     path = Path(source).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"backbone `{name}`: {path} has no config.json (expected a folder written by "
-                                    "save_pretrained, or a downloaded InstructBLIP repository)")
-        return str(path), True
-    if path.exists() or source.startswith(("/", ".", "~")) or not _HUB_ID.fullmatch(source):
-        raise FileNotFoundError(f"backbone `{name}`: {path} is not a folder (expected a folder written by "
-                                "save_pretrained, or a hub id such as Salesforce/instructblip-flan-t5-xl)")
-    if _cached_hf_file(source, "config.json", cache_dir) is None:
-        _require_network(
-            f"the files of the InstructBLIP model `{source}`",
-            f"the repository https://{HF_HOST}/{source} (`hf download {source} --local-dir DIR`: config, weights, "
-            "processor and both tokenizers)",
-            "then name the folder instead of the hub id (instructblip:DIR; omniclip-describe --instructblip DIR)")
-        return source, False
-    return source, not network_available()
+    if not path.is_dir():
+        if path.exists() or source.startswith(("/", ".", "~")) or not _HUB_ID.fullmatch(source):
+            raise FileNotFoundError(f"backbone `{name}`: {path} is not a folder (expected a folder written by "
+                                    "save_pretrained, or a hub id such as Salesforce/instructblip-flan-t5-xl)")
+        cached = _cached_hf_file(source, "config.json", cache_dir) is not None
+        if not cached:
+            _require_network(
+                f"the files of the InstructBLIP model `{source}`",
+                f"the repository https://{HF_HOST}/{source} (`hf download {source} --local-dir DIR`: config, "
+                "weights, processor and both tokenizers)",
+                "then name the folder instead of the hub id (instructblip:DIR; omniclip-describe --instructblip DIR)")
+        # Other frameworks' weights are never read here.
+        path = Path(snapshot_download(source, cache_dir=cache_dir, local_files_only=cached,
+                                      ignore_patterns=["*.msgpack", "*.h5", "*.ot", "*.onnx"]))
+    _require_in(name, path, "config.json")
+    return path
+
+
+def _require_in(name: str, folder: Path, entry: str) -> None:
+    if not (folder / entry).exists():
+        raise FileNotFoundError(f"backbone `{name}`: {folder} has no {entry} (expected a folder written by the "
+                                "model's and its processor's save_pretrained, or a downloaded InstructBLIP repository)")
 
 
 def _unloadable(name: str, what: str, exc: BaseException) -> WeightsUnavailableError:

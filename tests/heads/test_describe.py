@@ -11,6 +11,7 @@ image tokens), `InstructBlipHead.generate`, then the tokenizer's decode of the n
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -208,6 +209,10 @@ def test_a_lens_on_the_instructblip_tower_saves_and_loads_with_its_backbone(asse
                                    assets["lenses"]["pointcloud"].forward_features(clouds), rtol=0, atol=0)
     with pytest.raises(ConfigError, match=r"config `backbone.pretrained`: `x.pt`: an InstructBLIP backbone names"):
         load_backbone(f"instructblip:{assets['model_dir']}", pretrained="x.pt")
+    for anchors in (lambda: backbone.encode_text(["a chair"]), lambda: backbone.logit_scale,
+                    lambda: backbone.fingerprint("text")):  # training and zero-shot need a CLIP's towers
+        with pytest.raises(ConfigError, match=r"has no contrastive text or image tower .* anchors come from a CLIP"):
+            anchors()
 
 
 # ------------------------------------------------------------------------------------------- errors
@@ -241,10 +246,15 @@ def test_a_lens_trained_on_another_instructblip_tower_names_both_widths(assets, 
         "tower it was trained on; use a lens trained on this tower"]
 
 
-def test_a_folder_holding_another_model_type_is_refused(tmp_path):
-    Blip2Config().save_pretrained(tmp_path)
-    with pytest.raises(ConfigError, match=rf"`instructblip:{tmp_path}` is a `blip-2` model, not InstructBLIP"):
-        load_backbone(f"instructblip:{tmp_path}")
+def test_a_folder_of_another_model_type_or_without_the_qformer_tokenizer_is_refused(assets, tmp_path):
+    Blip2Config().save_pretrained(tmp_path / "blip2")
+    with pytest.raises(ConfigError, match=rf"`instructblip:{tmp_path / 'blip2'}` is a `blip-2` model, not "
+                                          "InstructBLIP"):
+        load_backbone(f"instructblip:{tmp_path / 'blip2'}")
+    # transformers would give the Q-Former the language model's tokenizer, with a warning only
+    shutil.copytree(assets["model_dir"], tmp_path / "partial", ignore=shutil.ignore_patterns("qformer_tokenizer"))
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path / 'partial'} has no qformer_tokenizer \(expected"):
+        load_backbone(f"instructblip:{tmp_path / 'partial'}")
 
 
 @pytest.mark.parametrize(("name", "problem"), [
@@ -300,6 +310,24 @@ def test_a_missing_model_fails_at_once_offline_saying_what_to_download(assets, t
         "--local-dir DIR`: config, weights, processor and both tokenizers) on a machine with network access, copy it "
         "here, then name the folder instead of the hub id (instructblip:DIR; omniclip-describe --instructblip DIR)."]
     assert time.monotonic() - start < 60  # imports included; no download retries
+
+
+def test_a_hub_id_loads_from_the_cache_offline(assets, capsys, tmp_path):
+    """The hub-id path (real checkpoints): the saved folder laid out as a Hugging Face cache entry."""
+    snapshot = tmp_path / "hf" / "hub" / "models--tiny--instructblip" / "snapshots" / "0123abc"
+    shutil.copytree(assets["model_dir"], snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abc")
+    args = [str(assets["root"] / "cloud0.npy"), *common(assets, "pointcloud_lens", "--num-points", str(POINTS),
+                                                          "--max-new-tokens", "4")]
+    code, expected, _ = run_main(args, capsys)  # from the folder
+    assert code == 0
+    args[args.index("--instructblip") + 1] = "tiny/instructblip"
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "omniclip.describe", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout == expected and json.loads(expected)["answer"]
 
 
 def test_a_model_folder_that_is_not_there_is_one_line(assets, capsys, tmp_path):
