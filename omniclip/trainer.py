@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 from omniclip.data import (
     ResumableSampler,
     SkipCounter,
+    TooManySkippedError,
     batch_size_of,
     build_loader,
     concat_batches,
@@ -538,7 +539,8 @@ class Trainer:
                     batch = slice_batch(batch, 0, size)
                 yield _to_device(batch, self.device)
             if remaining and not produced:
-                raise RuntimeError("the training data produced no usable batch in a whole epoch: " + self.skips.summary())
+                raise TooManySkippedError("the training data produced no usable batch in a whole epoch: "
+                                          + self.skips.summary())
             self.sampler.set_epoch(self.sampler.epoch + 1)
 
     def _all_finite(self, finite: bool) -> bool:

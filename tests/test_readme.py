@@ -50,5 +50,8 @@ def test_readme_commands_are_installed_scripts_or_files():
     assert commands and set(commands) <= scripts
     for tool in re.findall(r"python (tools/\S+\.py)", README):
         assert (ROOT / tool).is_file(), tool
+    misspelled = "pointcloud/vitlens_l_shapent"  # the README's example of the error for a typo
     for experiment in re.findall(r"experiment=([\w/]+)", README):
-        assert (ROOT / "recipes" / "experiment" / f"{experiment}.yaml").is_file(), experiment
+        if experiment != misspelled:
+            assert (ROOT / "recipes" / "experiment" / f"{experiment}.yaml").is_file(), experiment
+    assert f"unknown experiment `{misspelled}` (closest: pointcloud/vitlens_l_shapenet" in README
