@@ -137,9 +137,16 @@ def fps_triton(planes: Tensor, start: Tensor, npoint: int, max_on_chip: int = MA
         npoint,
         BLOCK=block,
         NUM_CHUNKS=num_chunks,
-        num_warps=_num_warps(block),
-        # The reference rounds every product and sum; a fused multiply-add would not, and
-        # near-equal distances could then swap places.
-        enable_fp_fusion=False,
+        **launch_options(block),
     )
     return out
+
+
+def launch_options(block: int) -> dict[str, int | bool]:
+    """Compile options of ``_fps_kernel`` for a block size (tests compile with the same ones)."""
+    return {
+        "num_warps": _num_warps(block),
+        # The reference rounds every product and sum; a fused multiply-add would not, and
+        # near-equal distances could then swap places.
+        "enable_fp_fusion": False,
+    }

@@ -33,3 +33,39 @@ def test_triton_kernels_in_interpreter():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_triton_kernels_on_cuda():
     run_cases(interpret=False)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+@pytest.mark.parametrize("dtype,num_chunks", [("fp32", 1), ("fp32", 3), ("fp64", 1)])
+def test_fps_kernel_compiles_for_sm90_without_fused_multiply_add(dtype, num_chunks):
+    # Compiling needs no GPU: this checks the real code generation the interpreter skips. A
+    # fused multiply-add would round differently from the reference (the probe cases of
+    # triton_cases.py catch that only where a GPU runs them).
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        pytest.skip("compiles for a GPU target; unset TRITON_INTERPRET")
+    pytest.importorskip("triton.backends.nvidia")
+    import re
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from omniclip.modalities.pointcloud.kernels import MAX_ON_CHIP, _fps_kernel, launch_options
+
+    signature = {
+        "planes_ptr": f"*{dtype}", "start_ptr": "*i64", "out_ptr": "*i64", "scratch_ptr": f"*{dtype}",
+        "batch": "i32", "num_points": "i32", "npoint": "constexpr", "BLOCK": "constexpr", "NUM_CHUNKS": "constexpr",
+    }
+    constants = {"npoint": 512, "BLOCK": MAX_ON_CHIP, "NUM_CHUNKS": num_chunks}
+    options = launch_options(MAX_ON_CHIP)
+    ptx = triton.compile(
+        ASTSource(fn=_fps_kernel, signature=signature, constexprs=constants),
+        target=GPUTarget("cuda", 90, 32), options=options,
+    ).asm["ptx"]
+    assert re.search(rf"\bmul\.rn\.{dtype[:1]}{dtype[2:]}\b", ptx)  # the distances are there...
+    assert not re.search(r"\bfma\.", ptx)  # ...and none of them fused
+    fused = triton.compile(
+        ASTSource(fn=_fps_kernel, signature=signature, constexprs=constants),
+        target=GPUTarget("cuda", 90, 32), options={**options, "enable_fp_fusion": True},
+    ).asm["ptx"]
+    assert re.search(r"\bfma\.rn\.", fused)  # the check above can fail: fusion is the default
