@@ -292,6 +292,8 @@ def _one_line(exc: Exception) -> str:
 
 def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DescribeError(f"--device {args.device}: no CUDA device is available here (use --device cpu)")
     model_cfg = read_lens_config(args.lens)
     # The files first: a typo or a video fails before any weights load.
     reader = modality_reader(model_cfg["modality"], model_cfg.get("tokenizer") or {}, args.num_points)
