@@ -85,7 +85,8 @@ def farthest_point_sample(
             )
     start = start.to(device=device, dtype=torch.long)
     # One contiguous [B, N] plane per coordinate (the torch loop's and the kernel's layout).
-    planes = xyz.to(_distance_dtype(xyz)).permute(2, 0, 1).contiguous()  # [3, B, N]
+    # Detached: indices have no gradient, and the loop would otherwise record a graph per centre.
+    planes = xyz.detach().to(_distance_dtype(xyz)).permute(2, 0, 1).contiguous()  # [3, B, N]
 
     chosen = _choose_backend(backend, planes)
     if chosen == "triton":
@@ -235,14 +236,17 @@ def _fpsample_self_check(fpsample) -> str:
     """Compare fpsample (through ``_fps_fpsample``) with the torch loop on clouds made to expose
     differences: a fused-multiply-add probe, a lattice full of exact ties, duplicated points.
     Returns what differs, or "" when all agree."""
-    probe = torch.tensor([ROUNDING_PROBE])
-    lattice = torch.stack(torch.meshgrid(*[torch.arange(4.0)] * 3, indexing="ij"), -1).reshape(1, 64, 3)
-    duplicated = torch.rand(1, 20, 3, generator=torch.Generator().manual_seed(0)).repeat(1, 3, 1)
+    # Explicit CPU tensors: the first call may come under a `with torch.device("cuda"):` block.
+    cpu = torch.device("cpu")
+    probe = torch.tensor([ROUNDING_PROBE], device=cpu)
+    axis = torch.arange(4.0, device=cpu)
+    lattice = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(1, 64, 3)
+    duplicated = torch.rand(1, 20, 3, generator=torch.Generator().manual_seed(0), device=cpu).repeat(1, 3, 1)
     cases = [(probe, 3, 0), (lattice, 64, 21), (duplicated, 60, 7)]
     try:
         for cloud, npoint, first in cases:
             planes = cloud.permute(2, 0, 1).contiguous()
-            start = torch.tensor([first])
+            start = torch.tensor([first], device=cpu)
             if not torch.equal(_fps_fpsample(fpsample, planes, start, npoint), _fps_torch(planes, start, npoint)):
                 return f"gives other indices than the reference on a {cloud.shape[1]}-point check cloud"
     except Exception as err:  # an incompatible version: any failure means "do not use it"

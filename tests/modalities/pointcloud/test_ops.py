@@ -317,3 +317,16 @@ def test_cuda_matches_cpu():
     assert torch.equal(ball_query(cuda, centres.cuda(), 0.1, 16).cpu(), ball_query(xyz, centres, 0.1, 16))
     gen = torch.Generator(device="cuda").manual_seed(0)
     assert farthest_point_sample(cuda, 8, generator=gen).device.type == "cuda"
+
+
+@needs_fpsample
+def test_fps_fpsample_takes_clouds_that_require_grad_and_self_checks_under_a_default_device():
+    xyz = torch.rand(2, 100, 3, generator=torch.Generator().manual_seed(8)).requires_grad_()
+    ops._fpsample_module.cache_clear()
+    try:
+        with torch.device("meta"):  # the self-check's own tensors must still be CPU tensors
+            assert fps_backend("cpu") == "fpsample"
+        got = farthest_point_sample(xyz, 10, start_idx=3, backend="fpsample")
+    finally:
+        ops._fpsample_module.cache_clear()
+    assert torch.equal(got, loop_fps(xyz.detach(), 10, [3, 3]))
