@@ -256,8 +256,9 @@ def test_fps_falls_back_to_torch_when_fpsample_is_missing(monkeypatch, caplog):
 @pytest.mark.parametrize(
     "fake,problem",
     [
-        # A build that keeps the last of equal maxima without our reversal, i.e. picks differently on ties.
-        (lambda pc, n, start_idx: np.asarray(loop_fps(torch.from_numpy(pc).flip(0)[None], n, [pc.shape[0] - 1 - start_idx]))[0], "other indices"),
+        # A build whose tie rule differs (first of equal maxima, like torch): through our point
+        # reversal it keeps the last one, so only tie-rich clouds notice.
+        (lambda pc, n, start_idx: loop_fps(torch.from_numpy(pc)[None], n, [start_idx])[0].numpy(), "other indices"),
         (lambda pc, n, start_idx: np.arange(n), "other indices"),
         (lambda pc, n, start_idx: (_ for _ in ()).throw(TypeError("new signature")), "failed its self-check"),
     ],
