@@ -34,6 +34,7 @@ from omniclip.blip_backbone import PREFIX, InstructBlipBackbone, is_instructblip
 from omniclip.cli import EXIT_ERROR, one_line_error, quiet_dependencies
 from omniclip.errors import OmniclipError, SampleError
 from omniclip.heads.instructblip import InstructBlipHead
+from omniclip.modality import get_modality
 from omniclip.model import LensModel, load_lens_model
 
 PROG = "omniclip-describe"
@@ -120,7 +121,7 @@ def collect_files(items: Sequence[str], lists: Sequence[str], reader: Reader, mo
     """Files named on the command line, every readable file under a named folder (sorted,
     recursively), and the lines of each ``--list`` file (relative to that file's folder;
     blank lines and ``#`` comments skipped). A video file is refused before any model loads."""
-    from omniclip.modalities.video.io import VIDEO_SUFFIXES
+    video_suffixes = tuple(get_modality("video").file_suffixes)
 
     files: list[Path] = []
     for item in items:
@@ -143,7 +144,7 @@ def collect_files(items: Sequence[str], lists: Sequence[str], reader: Reader, mo
         raise DescribeError("no files to describe: name files or folders, or pass --list")
     for path in files:
         suffix = path.suffix.lower()
-        if suffix in VIDEO_SUFFIXES and suffix not in reader.suffixes:
+        if suffix in video_suffixes and suffix not in reader.suffixes:
             raise SampleError(path, f"a video file: omniclip-describe does not describe videos yet (that needs "
                                     f"the video model); this {modality} lens reads {', '.join(reader.suffixes)}")
     return files

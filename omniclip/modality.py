@@ -55,6 +55,9 @@ class Modality:
     #: Class-name files shipped in the modality package's ``classnames/`` folder, by dataset name
     #: (one name per line, in label order). Datasets that carry their own names are not listed.
     class_name_files: Mapping[str, str] = {}
+    #: File name suffixes of this modality's sample files (lower case), for commands that take
+    #: files and must tell which modality one belongs to.
+    file_suffixes: Sequence[str] = ()
 
     def build_tokenizer(self, cfg: Mapping[str, Any], trunk: TrunkSpec) -> nn.Module:
         """Module mapping ``batch['inputs']`` to tokens [B, N, d] (positions already added)."""

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from omniclip import registry
 from omniclip.modalities.video.datasets import CLASS_NAME_FILES, build_dataset
+from omniclip.modalities.video.io import VIDEO_SUFFIXES
 from omniclip.modalities.video.templates import TEMPLATES
 from omniclip.modality import Modality, default_collate
 
@@ -46,6 +47,7 @@ class VideoModality(Modality):
     name = "video"
     templates = {name: list(t) for name, t in TEMPLATES.items()}
     class_name_files = dict(CLASS_NAME_FILES)
+    file_suffixes = VIDEO_SUFFIXES
 
     def build_dataset(
         self, cfg: Mapping[str, Any], split: str, image_transform: Callable[[Any], torch.Tensor] | None = None
