@@ -13,13 +13,11 @@ stored as ``[1, 1 + H*W, D]``.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
 from omniclip.errors import ConfigError
-from omniclip.trunk import ViTTrunk, interpolate_positions
+from omniclip.trunk import ViTTrunk, interpolate_positions, maybe_copy, select_blocks
 
 
 class BlipVisionTrunk(ViTTrunk):
@@ -49,16 +47,10 @@ class BlipVisionTrunk(ViTTrunk):
             raise ConfigError("backbone", f"{type(vision_model).__name__} is not a BLIP-family vision model "
                               "(embeddings.patch_embedding / class_embedding / position_embedding, encoder.layers, "
                               "post_layernorm)")
-        blocks = list(vision_model.encoder.layers)
-        if not 0 <= skip_blocks < len(blocks):
-            raise ConfigError("trunk.skip_blocks", f"{skip_blocks} is outside [0, {len(blocks) - 1}]")
-        blocks = blocks[skip_blocks:]
-        if not 0 <= unlocked_blocks <= len(blocks):
-            raise ConfigError("trunk.unlocked_blocks", f"{unlocked_blocks} exceeds the {len(blocks)} blocks that run")
         self.conv1 = embeddings.patch_embedding
-        self.class_embedding = _param(embeddings.class_embedding, unlock_class_token)  # [1, 1, D]
-        self.positional_embedding = _param(embeddings.position_embedding, unlock_positional_embedding)  # [1, 1+N, D]
-        self.blocks = nn.ModuleList([copy.deepcopy(b) if i < unlocked_blocks else b for i, b in enumerate(blocks)])
+        self.class_embedding = maybe_copy(embeddings.class_embedding, unlock_class_token)  # [1, 1, D]
+        self.positional_embedding = maybe_copy(embeddings.position_embedding, unlock_positional_embedding)  # [1, 1+N, D]
+        self.blocks = nn.ModuleList(select_blocks(list(vision_model.encoder.layers), skip_blocks, unlocked_blocks))
         self.ln_post = vision_model.post_layernorm
         self.ln_pre = nn.Identity()
         self.proj = None
@@ -73,12 +65,7 @@ class BlipVisionTrunk(ViTTrunk):
         self.allow_interpolation = interpolate_positions
         self.grad_checkpointing = False
         self.block_hooks = nn.ModuleDict()
-        for p in self.parameters():
-            p.requires_grad_(False)
-        for block in self.blocks[:unlocked_blocks]:
-            block.requires_grad_(True)
-        self.class_embedding.requires_grad_(unlock_class_token)
-        self.positional_embedding.requires_grad_(unlock_positional_embedding)
+        self._set_trainable(unlock_class_token, unlock_positional_embedding)
 
     @property
     def num_positions(self) -> int:
@@ -105,10 +92,6 @@ class BlipVisionTrunk(ViTTrunk):
         for module in (self.ln_post, self.conv1, *self.blocks[self.unlocked_blocks :]):
             module.eval()
         return self
-
-
-def _param(param: nn.Parameter, unlocked: bool) -> nn.Parameter:
-    return nn.Parameter(param.detach().clone()) if unlocked else param
 
 
 __all__ = ["BlipVisionTrunk"]

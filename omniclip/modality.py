@@ -140,6 +140,24 @@ def default_collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+def collate_views(samples: Sequence[Mapping[str, Any]], sample_dims: int) -> dict[str, Any]:
+    """`default_collate`, except that evaluation samples holding several views of one file
+    (``inputs`` with one dimension more than ``sample_dims``: audio clips [n, T], video views
+    [V, T, 3, H, W]) are flattened to one row per view, every other field repeated per view
+    (``group_ids`` tell evaluation which rows to average)."""
+    if samples[0]["inputs"].dim() == sample_dims:
+        return default_collate(samples)
+    counts = torch.tensor([s["inputs"].shape[0] for s in samples])
+    batch = default_collate([{k: v for k, v in s.items() if k != "inputs"} for s in samples])
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            batch[key] = value.repeat_interleave(counts, dim=0)
+        else:
+            batch[key] = [v for v, n in zip(value, counts.tolist()) for _ in range(n)]
+    batch["inputs"] = torch.cat([s["inputs"] for s in samples])
+    return batch
+
+
 def get_modality(name: str) -> Modality:
     """The registered modality ``name`` (imports ``omniclip.modalities.<name>`` on first use)."""
     entry = registry.get("modality", name)

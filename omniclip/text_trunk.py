@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from omniclip.errors import ConfigError
+from omniclip.trunk import maybe_copy
 
 
 class TextTrunk(nn.Module):
@@ -56,12 +57,12 @@ class TextTrunk(nn.Module):
         parts = {name: getattr(clip_model, name) for name in ("token_embedding", "ln_final")}
         self.token_embedding = copy.deepcopy(parts["token_embedding"]) if whole else parts["token_embedding"]
         self.ln_final = copy.deepcopy(parts["ln_final"]) if whole else parts["ln_final"]
-        self.positional_embedding = _param(clip_model.positional_embedding, whole)
+        self.positional_embedding = maybe_copy(clip_model.positional_embedding, whole)
         projection = clip_model.text_projection
         if isinstance(projection, nn.Linear):
             self.text_projection = copy.deepcopy(projection) if whole else projection
         else:
-            self.text_projection = _param(projection, whole)
+            self.text_projection = maybe_copy(projection, whole)
         self.blocks = nn.ModuleList([copy.deepcopy(b) if i < count else b for i, b in enumerate(blocks)])
         self.register_buffer("attn_mask", clip_model.attn_mask.detach().clone(), persistent=False)
         self.unlocked_blocks = count
@@ -126,10 +127,6 @@ class TextTrunk(nn.Module):
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(pooled)
         return pooled @ self.text_projection
-
-
-def _param(param: nn.Parameter, copy_it: bool) -> nn.Parameter:
-    return nn.Parameter(param.detach().clone()) if copy_it else param
 
 
 __all__ = ["TextTrunk"]

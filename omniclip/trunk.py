@@ -76,19 +76,11 @@ class ViTTrunk(nn.Module):
     ) -> None:
         super().__init__()
         _check_supported(visual)
-        blocks = list(visual.transformer.resblocks)
-        if not 0 <= skip_blocks < len(blocks):
-            raise ConfigError("trunk.skip_blocks", f"{skip_blocks} is outside [0, {len(blocks) - 1}]")
-        blocks = blocks[skip_blocks:]
-        if not 0 <= unlocked_blocks <= len(blocks):
-            raise ConfigError(
-                "trunk.unlocked_blocks", f"{unlocked_blocks} exceeds the {len(blocks)} blocks that run"
-            )
-        blocks = [copy.deepcopy(b) if i < unlocked_blocks else b for i, b in enumerate(blocks)]
+        blocks = select_blocks(list(visual.transformer.resblocks), skip_blocks, unlocked_blocks)
 
         self.conv1 = visual.conv1
-        self.class_embedding = _maybe_copy(visual.class_embedding, unlock_class_token)
-        self.positional_embedding = _maybe_copy(visual.positional_embedding, unlock_positional_embedding)
+        self.class_embedding = maybe_copy(visual.class_embedding, unlock_class_token)
+        self.positional_embedding = maybe_copy(visual.positional_embedding, unlock_positional_embedding)
         self.ln_pre = visual.ln_pre
         self.blocks = nn.ModuleList(blocks)
         self.ln_post = visual.ln_post
@@ -105,10 +97,13 @@ class ViTTrunk(nn.Module):
         #: Modules run before block i (key str(i)), e.g. ILA temporal alignment. They receive
         #: (x, **hook_kwargs) and return x; their parameters are trainable.
         self.block_hooks = nn.ModuleDict()
+        self._set_trainable(unlock_class_token, unlock_positional_embedding)
 
+    def _set_trainable(self, unlock_class_token: bool, unlock_positional_embedding: bool) -> None:
+        """Freeze everything but the unlocked blocks and the unlocked embeddings."""
         for p in self.parameters():
             p.requires_grad_(False)
-        for block in self.blocks[:unlocked_blocks]:
+        for block in self.blocks[: self.unlocked_blocks]:
             block.requires_grad_(True)
         self.class_embedding.requires_grad_(unlock_class_token)
         self.positional_embedding.requires_grad_(unlock_positional_embedding)
@@ -224,7 +219,18 @@ class ViTTrunk(nn.Module):
         raise ConfigError("backbone", f"pool_type `{self.pool_type}` is not supported by the trunk")
 
 
-def _maybe_copy(param: nn.Parameter, unlocked: bool) -> nn.Parameter:
+def select_blocks(blocks: list[nn.Module], skip_blocks: int, unlocked_blocks: int) -> list[nn.Module]:
+    """The blocks a trunk runs: the first ``skip_blocks`` dropped, then the first
+    ``unlocked_blocks`` of the rest deep-copied (they train; the tower they come from must not)."""
+    if not 0 <= skip_blocks < len(blocks):
+        raise ConfigError("trunk.skip_blocks", f"{skip_blocks} is outside [0, {len(blocks) - 1}]")
+    blocks = blocks[skip_blocks:]
+    if not 0 <= unlocked_blocks <= len(blocks):
+        raise ConfigError("trunk.unlocked_blocks", f"{unlocked_blocks} exceeds the {len(blocks)} blocks that run")
+    return [copy.deepcopy(b) if i < unlocked_blocks else b for i, b in enumerate(blocks)]
+
+
+def maybe_copy(param: nn.Parameter, unlocked: bool) -> nn.Parameter:
     return nn.Parameter(param.detach().clone()) if unlocked else param
 
 

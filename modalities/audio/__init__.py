@@ -28,7 +28,7 @@ from omniclip.modalities.audio.datasets import build_dataset
 from omniclip.modalities.audio.features import AUDIOSET_MEAN, AUDIOSET_STD, AudioFrontend
 from omniclip.modalities.audio.templates import TEMPLATES
 from omniclip.modalities.audio.tokenizer import AudioPatchTokenizer, audio_lens_defaults
-from omniclip.modality import Modality, TrunkSpec, default_collate
+from omniclip.modality import Modality, TrunkSpec, collate_views
 
 _PERCEIVER: dict[str, Any] = {
     "name": "perceiver",
@@ -104,20 +104,8 @@ def build_tokenizer(cfg: Mapping[str, Any], width: int, patch_size: int) -> Audi
 
 
 def collate_clips(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """`default_collate` for training clips [T]; evaluation samples of several clips [n, T] are
-    flattened to one row per clip, every other field repeated n times (``group_ids`` tell
-    evaluation which clips to average)."""
-    if samples[0]["inputs"].dim() == 1:
-        return default_collate(samples)
-    counts = torch.tensor([s["inputs"].shape[0] for s in samples])
-    batch = default_collate([{k: v for k, v in s.items() if k != "inputs"} for s in samples])
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            batch[key] = value.repeat_interleave(counts, dim=0)
-        else:
-            batch[key] = [v for v, n in zip(value, counts.tolist()) for _ in range(n)]
-    batch["inputs"] = torch.cat([s["inputs"] for s in samples])
-    return batch
+    """Training clips [T] stack; evaluation samples of several clips [n, T] flatten, one row each."""
+    return collate_views(samples, sample_dims=1)
 
 
 class AudioModality(Modality):

@@ -24,23 +24,13 @@ from omniclip import registry
 from omniclip.modalities.video.datasets import CLASS_NAME_FILES, build_dataset
 from omniclip.modalities.video.io import VIDEO_SUFFIXES
 from omniclip.modalities.video.templates import TEMPLATES
-from omniclip.modality import Modality, default_collate
+from omniclip.modality import Modality
+from omniclip.modality import collate_views as collate_view_rows  # this module's own name is the public one
 
 
 def collate_views(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """`default_collate` for training clips [T, 3, H, W]; evaluation samples of V views
-    [V, T, 3, H, W] are flattened to one row per view, every other field repeated V times."""
-    if samples[0]["inputs"].dim() != 5:
-        return default_collate(samples)
-    counts = torch.tensor([s["inputs"].shape[0] for s in samples])
-    batch = default_collate([{k: v for k, v in s.items() if k != "inputs"} for s in samples])
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            batch[key] = value.repeat_interleave(counts, dim=0)
-        else:
-            batch[key] = [v for v, n in zip(value, counts.tolist()) for _ in range(n)]
-    batch["inputs"] = torch.cat([s["inputs"] for s in samples])
-    return batch
+    """Training clips [T, 3, H, W] stack; evaluation views [V, T, 3, H, W] flatten, one row each."""
+    return collate_view_rows(samples, sample_dims=4)
 
 
 class VideoModality(Modality):
