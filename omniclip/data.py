@@ -15,6 +15,7 @@ Three pieces compose into `build_loader`:
 
 from __future__ import annotations
 
+import csv
 import math
 import random
 import signal
@@ -444,6 +445,21 @@ def require_file(path: Path, key: str, hint: str) -> Path:
     if not path.is_file():
         raise ConfigError(key, f"{path} not found ({hint})")
     return path
+
+
+def read_csv_rows(path: Path, key: str, columns: Sequence[str]) -> list[dict[str, str]]:
+    """Rows of a CSV with a header (BOM tolerated), checked to have ``columns``; errors name ``key``."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            header = reader.fieldnames or []
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise ConfigError(key, f"{path}: unreadable CSV ({err})") from None
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise ConfigError(key, f"{path}: no `{missing[0]}` column (has {', '.join(header) or 'none'})")
+    return rows
 
 
 def require_split(split: str, allowed: Sequence[str]) -> None:

@@ -57,7 +57,7 @@ from omniclip.modalities.audio.io import MAX_AMPLITUDE, MAX_DECODE_SECONDS, load
 from omniclip.modalities.audio.templates import SOUND_TEMPLATES
 from torch.utils.data import ConcatDataset, Dataset
 
-from omniclip.data import require_dir, require_file, require_split
+from omniclip.data import read_csv_rows, require_dir, require_file, require_split
 from omniclip.errors import ConfigError, SampleError
 from omniclip.paths import ALLOW_KEY, resolve_in_root
 
@@ -144,24 +144,6 @@ def clean_caption(text: str) -> str:
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-
-
-
-def _read_csv(path: Path, key: str, columns: Sequence[str]) -> list[dict[str, str]]:
-    """Rows of a CSV with a header, checked to have ``columns``."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            rows = list(reader)
-            header = reader.fieldnames or []
-    except (csv.Error, UnicodeDecodeError) as err:
-        raise ConfigError(key, f"{path}: unreadable CSV ({err})") from None
-    missing = [c for c in columns if c not in header]
-    if missing:
-        raise ConfigError(key, f"{path}: no `{missing[0]}` column (has {', '.join(header) or 'none'})")
-    return rows
 
 
 def _integer(row: Mapping[str, Any], column: str, path: Path, line: int, key: str = "meta") -> int:
@@ -394,7 +376,7 @@ class ESC50(LabelledClips):
         super().__init__(root, split, opts, image_transform)
         hint = "expected the ESC-50 layout; see tools/prepare_esc50.py"
         meta_path = require_file(root / meta, "root", hint)
-        rows = _read_csv(meta_path, "meta", ("filename", "fold", "target", "category"))
+        rows = read_csv_rows(meta_path, "meta", ("filename", "fold", "target", "category"))
         self.class_names = esc50_class_names()
         keep = None if folds is None else {int(f) for f in folds}
         for line, row in enumerate(rows, 2):
@@ -428,7 +410,7 @@ def read_segments(path: Path, key: str) -> list[list[str]]:
 
 def read_audioset_labels(path: Path, key: str = "labels") -> tuple[dict[str, int], list[str]]:
     """mid -> index and the lower-cased display names, from ``class_labels_indices.csv``."""
-    rows = _read_csv(require_file(path, key, "AudioSet's class_labels_indices.csv"), key,
+    rows = read_csv_rows(require_file(path, key, "AudioSet's class_labels_indices.csv"), key,
                      ("index", "mid", "display_name"))
     for line, row in enumerate(rows, 2):
         index = _integer(row, "index", path, line, key)
@@ -527,7 +509,7 @@ class Clotho(CaptionedClips):
                               "expected the Clotho layout; see tools/prepare_clotho.py")
         columns = [f"caption_{i}" for i in range(1, 6)]
         folder = root / (audio_dir or part)
-        for line, row in enumerate(_read_csv(table, "captions_csv", ("file_name", *columns)), 2):
+        for line, row in enumerate(read_csv_rows(table, "captions_csv", ("file_name", *columns)), 2):
             captions = [row[c].strip() for c in columns if row[c] and row[c].strip()]
             if not captions:
                 raise ConfigError("captions_csv", f"{table}: `{row['file_name']}` has no caption")
@@ -545,7 +527,7 @@ class AudioCaps(CaptionedClips):
         require_split(split, SPLITS)
         super().__init__(root, split, opts, image_transform, video_dir)
         table = require_file(root / (csv_file or f"{split}.csv"), "root", "AudioCaps' {train,val,test}.csv")
-        rows = _read_csv(table, "csv_file", ("audiocap_id", "youtube_id", "start_time", "caption"))
+        rows = read_csv_rows(table, "csv_file", ("audiocap_id", "youtube_id", "start_time", "caption"))
         folder = _folder(root, audio_dir or split, "audio_dir")
         files = index_files(folder, AUDIO_SUFFIXES)
         by_clip: dict[str, Item] = {}

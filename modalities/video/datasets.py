@@ -53,7 +53,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from omniclip.data import require_dir, require_file, require_split
+from omniclip.data import read_csv_rows, require_dir, require_file, require_split
 from omniclip.errors import ConfigError, SampleError
 from omniclip.paths import ALLOW_KEY, resolve_in_root
 from omniclip.modalities.video.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, DecodeOptions, VideoSource, probe, read_frames
@@ -208,20 +208,6 @@ class VideoList(VideoDataset):
             self.items.append(Item(parts[0], int(parts[1]), f"{table.name} line {line_no}"))
 
 
-def _read_rows(path: Path, key: str, columns: Sequence[str]) -> list[dict[str, str]]:
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            rows = list(reader)
-            header = reader.fieldnames or []
-    except (csv.Error, UnicodeDecodeError) as err:
-        raise ConfigError(key, f"{path}: unreadable CSV ({err})") from None
-    missing = [c for c in columns if c not in header]
-    if missing:
-        raise ConfigError(key, f"{path}: no `{missing[0]}` column (has {', '.join(header) or 'none'})")
-    return rows
-
-
 def index_videos(folder: Path) -> dict[str, Path]:
     """File stem -> path of every video under ``folder`` (recursively; the first found wins)."""
     found: dict[str, Path] = {}
@@ -258,7 +244,7 @@ class Kinetics(VideoDataset):
         if video_dir is None:
             video_dir = next((d for d in self.VIDEO_DIRS[split] if (root / d).is_dir()), "")
         super().__init__(root, split, pipeline, "", text_template)
-        rows = _read_rows(table, "csv_file", ("label", "youtube_id", "time_start", "time_end"))
+        rows = read_csv_rows(table, "csv_file", ("label", "youtube_id", "time_start", "time_end"))
         self.class_names = (read_class_names(classes, root) if classes is not None
                             else sorted({r["label"] for r in rows}))
         index = {name: i for i, name in enumerate(self.class_names)}

@@ -6,9 +6,9 @@ prefetches ``prefetch_factor`` batches, batches are pinned for asynchronous copi
 can stay uint8 until the GPU (``normalize: none`` in the dataset, then `GpuBatch`): a uint8
 clip is a quarter of the float one through the pipes, the pinning and the copy.
 
-`build_video_loader` is `omniclip.data.build_loader` (the same resumable sampler, per-sample
-seeding and bad-sample policy, composed from the same pieces) plus ``prefetch_factor``, which
-the core loader does not take yet.
+`build_video_loader` is `omniclip.data.build_loader` (the trainer's loader: resumable sampler,
+per-sample seeding, bad-sample policy) with defaults suited to clips: a deeper prefetch and
+pinned memory whenever CUDA is there.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from omniclip.data import ResumableSampler, SafeDataset, SeededDataset, SkipPolicy, collate_skipping
+from omniclip.data import ResumableSampler, SkipPolicy, build_loader
 from omniclip.errors import ConfigError
 from omniclip.modalities.video.transforms import Normalize
 
@@ -36,27 +36,12 @@ def build_video_loader(
     policy: SkipPolicy = "stop",
     persistent_workers: bool | None = None,
 ) -> DataLoader:
-    """DataLoader over ``SeededDataset(SafeDataset(dataset, policy), seed)`` driven by ``sampler``.
-
-    ``pin_memory=None`` pins when CUDA is available; ``persistent_workers=None`` keeps workers
-    when there are any; ``prefetch_factor`` applies with workers only.
-    """
-    if batch_size != sampler.batch_size:
-        raise ConfigError("batch_size", f"{batch_size} differs from the sampler's batch_size {sampler.batch_size}")
+    """`omniclip.data.build_loader` with ``pin_memory=None`` meaning "when CUDA is available"."""
     if prefetch_factor is not None and prefetch_factor < 1:
         raise ConfigError("prefetch_factor", f"must be >= 1, got {prefetch_factor}")
-    workers = num_workers > 0
-    return DataLoader(
-        SeededDataset(SafeDataset(dataset, policy), seed),
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=collate_skipping(collate_fn),
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        drop_last=sampler.drop_last,
-        persistent_workers=workers if persistent_workers is None else persistent_workers and workers,
-        prefetch_factor=prefetch_factor if workers else None,
-    )
+    return build_loader(dataset, collate_fn, batch_size, sampler, num_workers, seed,
+                        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+                        policy=policy, persistent_workers=persistent_workers, prefetch_factor=prefetch_factor)
 
 
 class GpuBatch:
