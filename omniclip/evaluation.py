@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +108,71 @@ def _average_groups(
     return grouped, group_labels
 
 
+@contextmanager
+def eval_mode(fn: Any) -> Iterator[None]:
+    """Put a module (or a module's bound method) in eval mode and restore every submodule's own
+    flag afterwards, so a trainer's deliberately frozen (eval) parts stay so; plain functions
+    pass through."""
+    module = fn if isinstance(fn, nn.Module) else getattr(fn, "__self__", None)
+    modes = {m: m.training for m in module.modules()} if isinstance(module, nn.Module) else {}
+    if modes:
+        module.eval()
+    try:
+        yield
+    finally:
+        for submodule, training in modes.items():
+            submodule.training = training
+
+
+def _collect(
+    embed_fn: Callable[[dict], Tensor], loader: Iterable[dict], device: torch.device | str
+) -> tuple[Tensor, Tensor | None, Tensor | None, list[str]]:
+    """Raw float32 embeddings [N, D] of every batch, their labels and group ids (None when the
+    batches carry none) and the clip paths."""
+    embeddings: list[Tensor] = []
+    labels: list[Tensor] = []
+    groups: list[Tensor] = []
+    paths: list[str] = []
+    with eval_mode(embed_fn), torch.no_grad():
+        for index, batch in enumerate(loader):
+            batch = _to_device(batch, device)
+            emb = embed_fn(batch)
+            if emb.ndim != 2:
+                raise ValueError(
+                    f"embed_fn returned shape {tuple(emb.shape)} for batch {index}; "
+                    "expected [B, D]"
+                )
+            embeddings.append(emb.float())
+            for key, seen in (("labels", labels), ("group_ids", groups)):
+                if index > 0 and (batch.get(key) is not None) != bool(seen):
+                    state = "lacks" if seen else "has"
+                    raise ValueError(
+                        f"batch {index} {state} `{key}`, unlike the batches before it"
+                    )
+                values = batch.get(key)
+                if values is None:
+                    continue
+                values = torch.as_tensor(values, device=device)
+                if values.shape[0] != emb.shape[0]:
+                    raise ValueError(
+                        f"batch {index}: {values.shape[0]} {key} for {emb.shape[0]} embeddings"
+                    )
+                seen.append(values)
+            paths.extend(batch.get("paths") or [])
+    if not embeddings:
+        raise ValueError("loader yielded no batches")
+    group_ids = None
+    if groups:
+        group_ids = torch.cat(groups)
+        if group_ids.is_floating_point() or group_ids.ndim != 1:
+            raise ValueError(
+                f"group_ids must be integers, one per embedding; "
+                f"got {group_ids.dtype} of shape {tuple(group_ids.shape)}"
+            )
+        group_ids = group_ids.long()
+    return torch.cat(embeddings), torch.cat(labels) if labels else None, group_ids, paths
+
+
 def collect_embeddings(
     embed_fn: Callable[[dict], Tensor],
     loader: Iterable[dict],
@@ -122,59 +188,75 @@ def collect_embeddings(
     order of first appearance. Runs without gradients; a module (or a module's bound method)
     is put in eval mode and restored afterwards. Results stay on ``device``.
     """
-    module = embed_fn if isinstance(embed_fn, nn.Module) else getattr(embed_fn, "__self__", None)
-    # Per-submodule flags, so a trainer's deliberately frozen (eval) parts stay so afterwards.
-    modes = {m: m.training for m in module.modules()} if isinstance(module, nn.Module) else {}
-    if modes:
-        module.eval()
-    embeddings: list[Tensor] = []
-    labels: list[Tensor] = []
-    groups: list[Tensor] = []
-    paths: list[str] = []
-    try:
-        with torch.no_grad():
-            for index, batch in enumerate(loader):
-                batch = _to_device(batch, device)
-                emb = embed_fn(batch)
-                if emb.ndim != 2:
-                    raise ValueError(
-                        f"embed_fn returned shape {tuple(emb.shape)} for batch {index}; "
-                        "expected [B, D]"
-                    )
-                embeddings.append(emb.float())
-                for key, seen in (("labels", labels), ("group_ids", groups)):
-                    if index > 0 and (batch.get(key) is not None) != bool(seen):
-                        state = "lacks" if seen else "has"
-                        raise ValueError(
-                            f"batch {index} {state} `{key}`, unlike the batches before it"
-                        )
-                    values = batch.get(key)
-                    if values is None:
-                        continue
-                    values = torch.as_tensor(values, device=device)
-                    if values.shape[0] != emb.shape[0]:
-                        raise ValueError(
-                            f"batch {index}: {values.shape[0]} {key} for {emb.shape[0]} embeddings"
-                        )
-                    seen.append(values)
-                paths.extend(batch.get("paths") or [])
-    finally:
-        for submodule, training in modes.items():
-            submodule.training = training
-    if not embeddings:
-        raise ValueError("loader yielded no batches")
-    all_emb = torch.cat(embeddings)
-    all_labels = torch.cat(labels) if labels else None
-    if groups:
-        group_ids = torch.cat(groups)
-        if group_ids.is_floating_point() or group_ids.ndim != 1:
-            raise ValueError(
-                f"group_ids must be integers, one per embedding; "
-                f"got {group_ids.dtype} of shape {tuple(group_ids.shape)}"
-            )
+    all_emb, all_labels, group_ids, paths = _collect(embed_fn, loader, device)
+    if group_ids is not None:
         clip_paths = paths if len(paths) == all_emb.shape[0] else None
-        all_emb, all_labels = _average_groups(all_emb, all_labels, group_ids.long(), clip_paths)
+        all_emb, all_labels = _average_groups(all_emb, all_labels, group_ids, clip_paths)
     return F.normalize(all_emb, dim=-1), all_labels
+
+
+def collect_view_embeddings(
+    embed_fn: Callable[[dict], Tensor],
+    loader: Iterable[dict],
+    device: torch.device | str,
+) -> tuple[Tensor, Tensor | None, Tensor, list[str]]:
+    """Like `collect_embeddings` but one L2-normalised row per view, not per group: embeddings
+    [N, D], labels (or None), group ids [N] (each row its own group when the batches carry
+    none) and the paths of the rows (empty when the batches carry none), for fusing the views'
+    scores rather than their embeddings (`fuse_view_scores`)."""
+    all_emb, all_labels, group_ids, paths = _collect(embed_fn, loader, device)
+    if group_ids is None:
+        group_ids = torch.arange(all_emb.shape[0], device=all_emb.device)
+    return F.normalize(all_emb, dim=-1), all_labels, group_ids, paths
+
+
+def fuse_view_scores(
+    embeddings: Tensor,
+    labels: Tensor | None,
+    group_ids: Tensor,
+    classifier: Tensor,
+    logit_scale: float,
+    paths: list[str] | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Class probabilities [G, C] of every group: the mean over its views of
+    ``softmax(logit_scale * cos(view, classes))``, and the groups' labels.
+
+    This is the multi-view test of ViFi-CLIP / X-CLIP (their sum of per-view softmax scores has
+    the same ranking as this mean): each view votes with a distribution, so one odd view cannot
+    drag a confident average the way an outlying embedding drags a mean embedding. Groups come
+    in order of first appearance, as in `collect_embeddings`; a group's views must share a label.
+    """
+    if embeddings.ndim != 2 or classifier.ndim != 2 or embeddings.shape[1] != classifier.shape[1]:
+        raise ValueError(
+            f"embeddings [N, D] and classifier [C, D] must share D, "
+            f"got {tuple(embeddings.shape)} and {tuple(classifier.shape)}"
+        )
+    if not logit_scale > 0:
+        raise ValueError(f"logit_scale must be positive, got {logit_scale}")
+    classifier = F.normalize(classifier.to(embeddings.device).float(), dim=-1)
+    logits = logit_scale * (F.normalize(embeddings.float(), dim=-1) @ classifier.T)
+    probs = logits.softmax(dim=-1)
+    clip_paths = paths if paths is not None and len(paths) == probs.shape[0] else None
+    return _average_groups(probs, labels, group_ids.to(probs.device).long(), clip_paths)
+
+
+def score_metrics(scores: Tensor, labels: Tensor, multilabel: bool = False) -> dict[str, float]:
+    """Metrics (percent) of class scores [N, C], whatever made them (cosines, fused view
+    probabilities): ``top1``, ``top5``, ``mean_per_class_recall`` for class-index labels [N];
+    ``mAP`` for multi-hot labels [N, C]. Both add ``num_samples``."""
+    num_classes = scores.shape[1]
+    expected = (scores.shape[0], num_classes) if multilabel else (scores.shape[0],)
+    if tuple(labels.shape) != expected:
+        kind = "multi-hot" if multilabel else "class-index"
+        raise ValueError(f"{kind} labels must have shape {expected}, got {tuple(labels.shape)}")
+    labels = labels.to(scores.device)
+    if multilabel:
+        results = {"mAP": metrics.mean_average_precision(scores, labels)}
+    else:
+        results = metrics.topk_accuracy(scores, labels, ks=(1, 5))
+        results["mean_per_class_recall"] = metrics.mean_per_class_recall(scores, labels, num_classes)
+    results["num_samples"] = scores.shape[0]
+    return results
 
 
 def zero_shot_classification(
@@ -191,22 +273,9 @@ def zero_shot_classification(
             f"embeddings [N, D] and classifier [C, D] must share D, "
             f"got {tuple(embeddings.shape)} and {tuple(classifier.shape)}"
         )
-    num_classes = classifier.shape[0]
-    expected = (embeddings.shape[0], num_classes) if multilabel else (embeddings.shape[0],)
-    if tuple(labels.shape) != expected:
-        kind = "multi-hot" if multilabel else "class-index"
-        raise ValueError(f"{kind} labels must have shape {expected}, got {tuple(labels.shape)}")
     classifier = F.normalize(classifier.to(embeddings.device).float(), dim=-1)
     logits = F.normalize(embeddings.float(), dim=-1) @ classifier.T
-    labels = labels.to(embeddings.device)
-    if multilabel:
-        results = {"mAP": metrics.mean_average_precision(logits, labels)}
-    else:
-        results = metrics.topk_accuracy(logits, labels, ks=(1, 5))
-        recall = metrics.mean_per_class_recall(logits, labels, num_classes)
-        results["mean_per_class_recall"] = recall
-    results["num_samples"] = embeddings.shape[0]
-    return results
+    return score_metrics(logits, labels, multilabel)
 
 
 @dataclass

@@ -4,7 +4,16 @@
 
 The same task entries (recipes/eval/*.yaml) drive the trainer's periodic evaluation through
 `make_evaluators`. Class embeddings come from the frozen text tower through the anchor cache,
-so a classifier is computed once per (model, weights, prompt).
+so a classifier is computed once per (model, weights, prompt); a model with a text side of its
+own (a video model whose text tower trains, or which learns text prompts) scores against class
+embeddings from that text side instead, computed afresh at every evaluation.
+
+Task keys beyond {type, dataset, templates}: ``view_fusion`` (how the views of one file are
+combined: ``embeddings``, their mean embedding, as ViT-Lens does; ``scores``, the mean of the
+views' softmax scores, as ViFi-CLIP's multi-view test does) and ``logit_scale`` (the softmax
+temperature of ``scores``; default the backbone's). The eval config's ``summaries`` combine
+task results into mean / std over splits or base / novel / harmonic mean rows
+(`omniclip.protocols.summarize`), written and printed with the tasks.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -26,15 +36,37 @@ from omniclip.evaluation import (
     EvalResult,
     build_classifier,
     collect_embeddings,
+    collect_view_embeddings,
+    eval_mode,
     format_results_table,
+    fuse_view_scores,
     save_results,
+    score_metrics,
     zero_shot_classification,
 )
 from omniclip.metrics import retrieval_metrics
 from omniclip.modality import Modality, get_modality
+from omniclip.protocols import check_summaries, summarize
 from omniclip.recipe import checkpoint_config, eval_datasets, task_dataset
 
 log = logging.getLogger(__name__)
+
+VIEW_FUSIONS = ("embeddings", "scores")
+
+
+def _view_fusion(task: Mapping[str, Any], key: str) -> tuple[str, float | None]:
+    """The task's ``view_fusion`` and ``logit_scale`` (None: the backbone's), checked."""
+    fusion = task.get("view_fusion") or "embeddings"
+    if fusion not in VIEW_FUSIONS:
+        raise ConfigError(f"{key}.view_fusion", f"`{fusion}` is not one of {', '.join(VIEW_FUSIONS)}")
+    scale = task.get("logit_scale")
+    if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+            raise ConfigError(f"{key}.logit_scale", f"must be a positive number, got {scale!r}")
+        if fusion != "scores":
+            raise ConfigError(f"{key}.logit_scale", "only `view_fusion: scores` uses a logit scale")
+        scale = float(scale)
+    return fusion, scale
 
 
 def evaluate_task(
@@ -63,14 +95,27 @@ def evaluate_task(
                         collate_fn=collate_skipping(modality.collate))
     skipped: list[tuple[str, str]] = []
     batches = _usable_batches(loader, skipped)
+    fusion, scale = _view_fusion(task, key)
     if kind == "classification":
-        classifier = task_classifier(modality, dataset, task, anchors, key)
-        embeddings, labels = collect_embeddings(model, batches, device)
-        if labels is None:
-            raise ConfigError(f"{key}.dataset", "a classification dataset must give `label` for each sample")
-        metrics = zero_shot_classification(embeddings, labels, classifier.to(embeddings.device),
-                                           multilabel=bool(getattr(dataset, "multilabel", False)))
+        classifier = task_classifier(modality, dataset, task, anchors, key, model=model, device=device)
+        multilabel = bool(getattr(dataset, "multilabel", False))
+        if fusion == "scores":
+            views, labels, groups, paths = collect_view_embeddings(model, batches, device)
+            if labels is None:
+                raise ConfigError(f"{key}.dataset", "a classification dataset must give `label` for each sample")
+            scale = anchors.backbone.logit_scale if scale is None else scale
+            scores, labels = fuse_view_scores(views, labels, groups, classifier, scale, paths)
+            metrics = score_metrics(scores, labels, multilabel)
+        else:
+            embeddings, labels = collect_embeddings(model, batches, device)
+            if labels is None:
+                raise ConfigError(f"{key}.dataset", "a classification dataset must give `label` for each sample")
+            metrics = zero_shot_classification(embeddings, labels, classifier.to(embeddings.device),
+                                               multilabel=multilabel)
     else:
+        if fusion != "embeddings":
+            raise ConfigError(f"{key}.view_fusion", "retrieval averages the embeddings of a file's clips; "
+                              "`scores` applies to classification only")
         captions = getattr(dataset, "captions", None)
         if captions is None:
             raise ConfigError(f"{key}.dataset", "a retrieval dataset must expose `captions` (a list per item)")
@@ -91,15 +136,53 @@ def evaluate_task(
 
 
 def task_classifier(
-    modality: Modality, dataset: Any, task: Mapping[str, Any], anchors: AnchorStore, key: str = "eval"
+    modality: Modality, dataset: Any, task: Mapping[str, Any], anchors: AnchorStore, key: str = "eval",
+    model: Any = None, device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Class embeddings [C, E] of a classification task: its class names x the modality's templates."""
+    """Class embeddings [C, E] of a classification task: its class names x the modality's templates.
+
+    They come from ``model``'s own text side when it has one (`own_text_encoder`), else from the
+    frozen text tower through the anchor cache.
+    """
     class_names = getattr(dataset, "class_names", None)
     if class_names is None:
         if "name" not in task["dataset"]:
             raise ConfigError(f"{key}.dataset.name", "needed to look up the class names")
         class_names = modality.class_names(task["dataset"]["name"])
-    return build_classifier(anchors.text, list(class_names), modality.template_set(task.get("templates")))
+    class_names = list(class_names)
+    templates = modality.template_set(task.get("templates"))
+    prompts = getattr(model, "text_prompts", None)
+    if prompts is not None:
+        # Learned context stands where a template's words would: the templates do not apply.
+        with eval_mode(prompts), torch.no_grad():
+            return F.normalize(prompts.class_embeddings(class_names).float(), dim=-1)
+    encode = own_text_encoder(model, anchors.backbone.tokenizer, device)
+    if encode is not None:
+        with eval_mode(model.text):
+            return build_classifier(encode, class_names, templates)
+    return build_classifier(anchors.text, class_names, templates)
+
+
+def own_text_encoder(
+    model: Any, tokenizer: Callable[[list[str]], torch.Tensor], device: torch.device | str | None = None
+) -> Callable[[list[str]], torch.Tensor] | None:
+    """Prompts -> embeddings through ``model``'s own text tower, or None when it has none.
+
+    A model carries a text tower (``model.text``, read through ``model.encode_text(ids)``) only
+    when its text side trains or holds prompts (`omniclip.video_model.VideoClipModel`); the
+    frozen tower's cached anchors would then score against the wrong classes, and the cache,
+    keyed by the backbone's weights, cannot see the model's changes. Everything else (lens
+    models, plain functions) has no such tower.
+    """
+    if getattr(model, "text", None) is None or not callable(getattr(model, "encode_text", None)):
+        return None
+    if device is None:
+        device = next(model.text.parameters()).device
+
+    def encode(prompts: list[str]) -> torch.Tensor:
+        return model.encode_text(tokenizer(list(prompts)).to(device))
+
+    return encode
 
 
 def _usable_batches(loader: DataLoader, skipped: list[tuple[str, str]]):
@@ -127,6 +210,9 @@ def make_evaluators(
     """
     tasks = eval_cfg.get("tasks") or {}
     batch_size = int(eval_cfg.get("batch_size", 32))
+    for name, task in tasks.items():
+        _view_fusion(task, f"eval.tasks.{name}")
+    check_summaries(eval_cfg.get("summaries"), list(tasks))
     if datasets is None:
         datasets = eval_datasets(modality, eval_cfg)
 
@@ -146,6 +232,7 @@ def run(cfg: DictConfig) -> list[EvalResult]:
     eval_cfg = OmegaConf.to_container(cfg.eval, resolve=True)
     if not eval_cfg.get("tasks"):
         raise ConfigError("eval.tasks", "no evaluation task configured")
+    check_summaries(eval_cfg.get("summaries"), list(eval_cfg["tasks"]))
     # The data first (the checkpoint's config names the modality): a missing dataset fails
     # before any weights load.
     model_cfg = checkpoint_config(checkpoint)
@@ -157,12 +244,20 @@ def run(cfg: DictConfig) -> list[EvalResult]:
     evaluators = make_evaluators(modality, eval_cfg, anchors, device, int(cfg.num_workers), cfg.bad_samples,
                                  datasets)
     results = []
+    model_name = f"{backbone.name}:{backbone.pretrained or 'random'}"
+    by_task: dict[str, dict[str, Any]] = {}
     for name, evaluator in evaluators.items():
         metrics = evaluator(model)
+        by_task[name] = metrics
         results.append(EvalResult(
             task=eval_cfg["tasks"][name].get("type", "classification"), dataset=name, modality=modality.name,
-            model=f"{backbone.name}:{backbone.pretrained or 'random'}", checkpoint=str(checkpoint),
-            metrics=metrics, num_samples=int(metrics.get("num_samples", 0)),
+            model=model_name, checkpoint=str(checkpoint), metrics=metrics,
+            num_samples=int(metrics.get("num_samples", 0)),
+        ))
+    for name, (kind, metrics, parts) in summarize(eval_cfg.get("summaries"), by_task).items():
+        results.append(EvalResult(
+            task=kind, dataset=name, modality=modality.name, model=model_name, checkpoint=str(checkpoint),
+            metrics=metrics, num_samples=int(metrics.get("num_samples", 0)), extras={"of": parts},
         ))
     output = Path(cfg.output) if cfg.get("output") else checkpoint / "zeroshot.json"
     save_results(results, output)
