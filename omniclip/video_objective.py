@@ -6,6 +6,11 @@ trainable text side, and `ClassObjective` scores video embeddings against them, 
 logit scale, with cross-entropy on integer labels or on the soft targets that mixup / cutmix and
 label smoothing make. Both are modules of the objective, so the trainer's optimizer, checkpoints
 and DDP see the text side's parameters with the rest.
+
+Class text conditioned per video (X-CLIP / ILA's video-specific prompts): give `ClassObjective` a
+``conditioner`` mapping the un-normalised class text [C, E] and a clip's context tokens [B, N, E]
+to per-clip class embeddings [B, C, E]; the model's embeddings are then ``[B, 1 + N, E]`` (the
+normalised video embedding, then its context tokens), as `omniclip.ila.ILAVideoModel` gives them.
 """
 
 from __future__ import annotations
@@ -43,28 +48,57 @@ class ClassText(nn.Module):
             ids = tokenizer([template.format(n.replace("_", " ")) for n in self.class_names])
             self.register_buffer("ids", ids, persistent=False)
 
-    def forward(self) -> torch.Tensor:
+    def forward(self, normalize: bool = True) -> torch.Tensor:
+        """Class embeddings [C, E]; ``normalize=False`` gives the text tower's raw features, which a
+        per-video conditioner reads (X-CLIP conditions them before normalising)."""
         if self.prompts is not None:
             features = self.prompts.class_embeddings(self.class_names)
         else:
             features = self.text(self.ids)
-        return F.normalize(features, dim=-1)
+        return F.normalize(features, dim=-1) if normalize else features
 
 
 class ClassObjective(nn.Module):
-    """``CE(scale * video @ class_text().T, labels)``; labels are ints [B] or soft targets [B, C]."""
+    """``CE(scale * video @ class_text().T, labels)``; labels are ints [B] or soft targets [B, C].
 
-    def __init__(self, class_text: ClassText, logit_scale: LogitScale, label_smoothing: float = 0.0) -> None:
+    With a ``conditioner`` (e.g. `omniclip.ila.VideoPromptGenerator`), ``embeddings`` are
+    ``[B, 1 + N, E]``: row 0 the normalised video embedding, rows 1.. the context tokens; each clip
+    is scored against its own class embeddings ``normalize(conditioner(class_text(normalize=False),
+    context))`` [B, C, E]. The conditioner is used, not owned: its parameters belong to the video
+    model (the same module object), so the trainer saves and optimises them once, under the model.
+    """
+
+    def __init__(self, class_text: ClassText, logit_scale: LogitScale, label_smoothing: float = 0.0,
+                 conditioner: nn.Module | None = None) -> None:
         super().__init__()
         self.class_text = class_text
         self.logit_scale = logit_scale
         self.loss = ClassificationLoss(label_smoothing)
+        self._conditioner = [conditioner]  # a list: not a submodule (its weights are the model's)
+
+    @property
+    def conditioner(self) -> nn.Module | None:
+        return self._conditioner[0]
 
     def forward(self, embeddings: torch.Tensor, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         if "labels" not in batch:
             raise KeyError(f"class-level training needs `labels` in the batch; batch keys: {sorted(batch)}")
-        classes = self.class_text().to(embeddings.dtype)
-        loss, logs = self.loss(embeddings, classes, batch["labels"].to(embeddings.device), self.logit_scale())
+        labels = batch["labels"].to(embeddings.device)
+        if self.conditioner is None:
+            classes = self.class_text().to(embeddings.dtype)
+            loss, logs = self.loss(embeddings, classes, labels, self.logit_scale())
+        else:
+            if embeddings.ndim != 3 or embeddings.shape[1] < 2:
+                raise ValueError("with a conditioner the model must give [B, 1 + N, E] (video embedding, then "
+                                 f"context tokens), got {tuple(embeddings.shape)}")
+            video, context = embeddings[:, 0], embeddings[:, 1:]
+            classes = F.normalize(self.conditioner(self.class_text(normalize=False).to(embeddings.dtype), context),
+                                  dim=-1)
+            cosine = torch.einsum("be,bce->bc", video, classes)
+            # Cosines against an identity "class table" are the logits / scale: the same loss,
+            # targets and accuracy as for shared class embeddings.
+            identity = torch.eye(cosine.shape[1], dtype=cosine.dtype, device=cosine.device)
+            loss, logs = self.loss(cosine, identity, labels, self.logit_scale())
         return loss, {f"class/{k}": v for k, v in logs.items()}
 
 
