@@ -18,9 +18,11 @@ Samples are dicts with singular keys (``inputs``, ``label``, ``text``, ``image``
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -28,6 +30,12 @@ from torch.utils.data import Dataset
 
 from omniclip import registry
 from omniclip.errors import ConfigError
+
+if TYPE_CHECKING:  # the model and objective modules import this one
+    from omegaconf import DictConfig
+
+    from omniclip.anchors import AnchorStore
+    from omniclip.backbone import ClipBackbone
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,74 @@ class Modality:
     #: File name suffixes of this modality's sample files (lower case), for commands that take
     #: files and must tell which modality one belongs to.
     file_suffixes: Sequence[str] = ()
+
+    def build_model(self, cfg: "DictConfig", backbone: "ClipBackbone") -> tuple[nn.Module, dict[str, Any]]:
+        """The model a training recipe ``cfg`` (the whole composed recipe) describes, on
+        ``backbone``, and the config that records it (saved with checkpoints and the export).
+
+        The model follows the trainer's contract: ``forward(batch)`` -> embeddings [B, E] (or
+        ``(embeddings, aux_losses)``), ``encode``, ``trainable_state_dict`` and
+        ``set_grad_checkpointing``. The default is a lens model: the modality's tokenizer
+        (``modality.tokenizer``) and a lens (``lens``, over `lens_defaults`) into the ViT trunk
+        ``trunk`` describes, frozen unless it unlocks parts. A modality whose data CLIP's towers
+        read themselves (video frames) overrides this.
+        """
+        from omegaconf import OmegaConf
+
+        from omniclip.model import build_lens_model
+        from omniclip.recipe import config_scope, recipe_tokenizer
+
+        trunk_cfg = OmegaConf.to_container(cfg.trunk, resolve=True)
+        with config_scope("trunk"):
+            trunk = backbone.trunk(**trunk_cfg)
+        tokenizer_cfg = recipe_tokenizer(cfg)
+        # null = keep the modality's default for that key
+        lens_cfg = {k: v for k, v in OmegaConf.to_container(cfg.lens, resolve=True).items() if v is not None}
+        with config_scope("modality.tokenizer"):
+            model, model_cfg = build_lens_model(self, trunk, tokenizer_cfg, lens_cfg, backbone.name)
+        model_cfg.update(trunk=trunk_cfg, backbone={"name": backbone.name, "pretrained": backbone.pretrained})
+        return model, model_cfg
+
+    def build_objective(self, cfg: "DictConfig", backbone: "ClipBackbone", anchors: "AnchorStore",
+                        dataset: Dataset | None = None) -> nn.Module:
+        """The training objective of recipe ``cfg``: ``objective(embeddings, batch) -> (loss, logs)``.
+
+        ``dataset`` is the training dataset (its ``class_names`` for class-level objectives).
+        The default is the contrastive objective (``loss``) against the frozen towers' features,
+        cached in ``anchors``: text, paired images, class prompts.
+        """
+        from omegaconf import OmegaConf
+
+        from omniclip.losses import LogitScale
+        from omniclip.objective import ContrastiveObjective
+        from omniclip.recipe import config_scope
+
+        loss = OmegaConf.to_container(cfg.loss, resolve=True)
+        scale = loss.get("scale") or anchors.backbone.logit_scale
+        with config_scope("loss"):
+            return ContrastiveObjective(
+                anchors,
+                LogitScale(scale, learnable=bool(loss.get("learnable_scale", False))),
+                text_weight=float(loss.get("text_weight", 1.0)),
+                image_weight=float(loss.get("image_weight", 1.0)),
+                class_weight=float(loss.get("class_weight", 0.0)),
+                label_smoothing=float(loss.get("label_smoothing", 0.0)),
+                same_text_is_positive=bool(loss.get("same_text_is_positive", True)),
+            )
+
+    def export_model(self, model: nn.Module, objective: nn.Module, model_cfg: Mapping[str, Any],
+                     output_dir: str | Path) -> Path:
+        """Write what a finished run hands on (its trained weights and config) under
+        ``output_dir``; returns the folder written.
+
+        The default is the lens export ``<output_dir>/lens`` (``lens.safetensors`` +
+        ``config.json``, `omniclip.model.LensModel.save_lens`), which `load_lens_model` and the
+        zero-shot command read. The objective is not part of it: its only weights are a
+        temperature. Modalities whose objective holds trained weights (a text side) override this.
+        """
+        directory = Path(output_dir) / "lens"
+        model.save_lens(directory, model_cfg)
+        return directory
 
     def build_tokenizer(self, cfg: Mapping[str, Any], trunk: TrunkSpec) -> nn.Module:
         """Module mapping ``batch['inputs']`` to tokens [B, N, d] (positions already added)."""
@@ -156,6 +232,26 @@ def collate_views(samples: Sequence[Mapping[str, Any]], sample_dims: int) -> dic
             batch[key] = [v for v, n in zip(value, counts.tolist()) for _ in range(n)]
     batch["inputs"] = torch.cat([s["inputs"] for s in samples])
     return batch
+
+
+def write_export(directory: str | Path, tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any],
+                 weights_name: str = "weights.safetensors") -> Path:
+    """Write ``tensors`` as safetensors and ``config`` as ``config.json`` into ``directory``, each
+    through a temporary file, so an interrupted export never leaves a half-written file under
+    the final name."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    # Independent copies: tied or shared tensors share storage, which safetensors refuses.
+    copies = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
+    tmp = directory / f".{weights_name}.tmp"
+    save_file(copies, str(tmp))
+    tmp.replace(directory / weights_name)
+    tmp_cfg = directory / ".config.json.tmp"
+    tmp_cfg.write_text(json.dumps(dict(config), indent=2, default=str))
+    tmp_cfg.replace(directory / "config.json")
+    return directory
 
 
 def get_modality(name: str) -> Modality:

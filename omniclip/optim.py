@@ -3,12 +3,19 @@
 AdamW with betas (0.9, 0.98), eps 1e-6 and weight decay 0.2, where decay is applied to weight
 matrices only: norms, biases, scalars (ndim <= 1) and learned embeddings/latents/temperature are
 exempt. The schedule is a linear warm-up followed by a cosine decay.
+
+Two recipe options say what trains and how fast (``trainer.train_only``, ``trainer.lr_groups``):
+`apply_train_only` freezes every parameter whose qualified name matches none of a list of
+regexes, and `LrGroup` entries give matching parameters a multiple of the lr. Names are those the
+trainer sees: ``model.<...>`` and ``objective.<...>`` (the keys of its checkpoints).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -25,12 +32,96 @@ NO_DECAY_NAMES: tuple[str, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class LrGroup:
+    """Parameters whose qualified name matches ``match`` (a regex, `re.fullmatch`) train at
+    ``lr_scale`` times the recipe's lr; the schedule multiplies every group alike (X-CLIP / ILA
+    train their new modules at 10x the CLIP lr)."""
+
+    match: str
+    lr_scale: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return f"lr_scale={self.lr_scale:g}:{self.match}"
+
+
+def parse_lr_groups(spec: Sequence[Mapping[str, Any]] | None) -> list[LrGroup]:
+    """``[{match, lr_scale}, ...]`` from a recipe -> `LrGroup` list; errors name ``lr_groups[i].<key>``."""
+    groups = []
+    for index, entry in enumerate(spec or ()):
+        key = f"lr_groups[{index}]"
+        if isinstance(entry, LrGroup):
+            entry = {"match": entry.match, "lr_scale": entry.lr_scale}
+        if not isinstance(entry, Mapping):
+            raise ConfigError(key, f"must be a mapping {{match, lr_scale}}, got {entry!r}")
+        unknown = sorted(set(entry) - {"match", "lr_scale"})
+        if unknown:
+            raise ConfigError(f"{key}.{unknown[0]}", "unknown key (known: match, lr_scale)")
+        if not isinstance(entry.get("match"), str) or not entry["match"]:
+            raise ConfigError(f"{key}.match", f"must be a non-empty regular expression, got {entry.get('match')!r}")
+        _compile(entry["match"], f"{key}.match")
+        scale = entry.get("lr_scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0 or not math.isfinite(scale):
+            raise ConfigError(f"{key}.lr_scale", f"must be a positive number, got {scale!r}")
+        groups.append(LrGroup(entry["match"], float(scale)))
+    return groups
+
+
+def _compile(pattern: str, key: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as error:
+        raise ConfigError(key, f"`{pattern}` is not a regular expression: {error}") from None
+
+
+def _examples(names: Sequence[str], count: int = 6) -> str:
+    shown = ", ".join(names[:count])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > count else "")
+
+
+def apply_train_only(model: nn.Module, patterns: Sequence[str] | None) -> list[str]:
+    """Freeze every trainable parameter of ``model`` whose qualified name matches none of
+    ``patterns`` (regexes, `re.fullmatch`); returns the names left trainable.
+
+    Name-match training is how ViFi-CLIP's bridge-and-prompt says what trains (only parameters
+    named ``prompt_learner`` / ``VPT``). A pattern that matches no trainable parameter is a
+    `ConfigError` naming it (``train_only[i]``): a misspelt pattern must not silently freeze
+    what it meant to train. ``None`` leaves the model as it is; an empty list is refused, as it
+    would train nothing. Call it before the optimiser (and DDP) are built.
+    """
+    if patterns is None:
+        return [n for n, p in model.named_parameters() if p.requires_grad]
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if not patterns:
+        raise ConfigError("train_only", "is empty, so nothing would train; use null to train every "
+                                        "trainable parameter")
+    compiled = [_compile(p, f"train_only[{i}]") for i, p in enumerate(patterns)]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    names = [n for n, _ in trainable]
+    for index, (pattern, regex) in enumerate(zip(patterns, compiled)):
+        if not any(regex.fullmatch(n) for n in names):
+            raise ConfigError(f"train_only[{index}]", f"`{pattern}` matches no trainable parameter "
+                                                      f"(trainable: {_examples(names)})")
+    kept = []
+    for name, param in trainable:
+        if any(regex.fullmatch(name) for regex in compiled):
+            kept.append(name)
+        else:
+            param.requires_grad_(False)
+    return kept
+
+
 def param_groups(
     model: nn.Module,
     weight_decay: float,
     no_decay_names: Sequence[str] = NO_DECAY_NAMES,
+    lr_groups: Sequence[LrGroup] = (),
+    lr: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Split the trainable parameters of ``model`` into a decayed and an undecayed group.
+    """Split the trainable parameters of ``model`` into a decayed and an undecayed group, per
+    learning-rate group.
 
     A parameter is exempt from decay when it has ndim <= 1 (norms, biases, scalars), when its
     own name (the last component of its qualified name) is one of ``no_decay_names`` (learned
@@ -40,25 +131,47 @@ def param_groups(
     modules (weight tying) appears once, under its first name. Each group carries its names
     under ``"param_names"``, the key torch's optimisers keep in their state dict. Empty groups
     are omitted.
+
+    With ``lr_groups`` a parameter whose qualified name fully matches a group's regex goes into
+    that group (the first group that matches wins) with ``"lr" = lr * lr_scale`` and
+    ``"lr_scale"``; the others form the default groups, which come first. Every group is named
+    (``"group"``). An lr group that takes no parameter is a `ConfigError` naming
+    ``lr_groups[i].match``.
     """
+    if lr_groups and lr is None:
+        raise ValueError("lr_groups need the base `lr` they scale")
     embedding_params = {
         id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)
     }
     exempt_names = set(no_decay_names)
-    decay: tuple[list[nn.Parameter], list[str]] = ([], [])
-    no_decay: tuple[list[nn.Parameter], list[str]] = ([], [])
+    compiled = [_compile(g.match, f"lr_groups[{i}].match") for i, g in enumerate(lr_groups)]
+    # bucket 0 is the default group; bucket i + 1 is lr_groups[i]; each holds (decay, no_decay)
+    buckets = [(([], []), ([], [])) for _ in range(len(lr_groups) + 1)]
+    trainable_names = []
     # named_parameters() yields each Parameter object once, so tied weights are not duplicated.
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
+        trainable_names.append(name)
+        bucket = next((i + 1 for i, regex in enumerate(compiled) if regex.fullmatch(name)), 0)
         exempt = param.ndim <= 1 or name.rsplit(".", 1)[-1] in exempt_names or id(param) in embedding_params
-        params, names = no_decay if exempt else decay
+        params, names = buckets[bucket][1 if exempt else 0]
         params.append(param)
         names.append(name)
     groups = []
-    for (params, names), wd in ((decay, weight_decay), (no_decay, 0.0)):
-        if params:
-            groups.append({"params": params, "param_names": names, "weight_decay": wd})
+    for index, (decay, no_decay) in enumerate(buckets):
+        if index and not (decay[0] or no_decay[0]):
+            spec = lr_groups[index - 1]
+            raise ConfigError(f"lr_groups[{index - 1}].match",
+                              f"`{spec.match}` matches no trainable parameter that an earlier lr group has not "
+                              f"taken (trainable: {_examples(trainable_names)})")
+        extra: dict[str, Any] = {"group": "default"}
+        if index:
+            spec = lr_groups[index - 1]
+            extra = {"group": spec.name, "lr": lr * spec.lr_scale, "lr_scale": spec.lr_scale}
+        for (params, names), wd in ((decay, weight_decay), (no_decay, 0.0)):
+            if params:
+                groups.append({"params": params, "param_names": names, "weight_decay": wd, **extra})
     return groups
 
 
@@ -69,17 +182,19 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.98),
     eps: float = 1e-6,
     fused: bool | None = None,
+    lr_groups: Sequence[LrGroup | Mapping[str, Any]] | None = None,
 ) -> torch.optim.AdamW:
-    """AdamW over ``param_groups(model, weight_decay)``.
+    """AdamW over ``param_groups(model, weight_decay, lr_groups=...)``.
 
-    ``fused=None`` lets torch pick its implementation (foreach on CUDA); ``True`` asks for the
-    fused kernel (CUDA and CPU float tensors).
+    ``lr_groups`` (`LrGroup` or recipe mappings ``{match, lr_scale}``) give parameters matching
+    a regex a multiple of ``lr``. ``fused=None`` lets torch pick its implementation (foreach on
+    CUDA); ``True`` asks for the fused kernel (CUDA and CPU float tensors).
     """
     if lr <= 0:
         raise ConfigError("lr", f"must be positive, got {lr}")
     if weight_decay < 0:
         raise ConfigError("weight_decay", f"must be >= 0, got {weight_decay}")
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay, lr_groups=parse_lr_groups(lr_groups), lr=lr)
     if not groups:
         raise ValueError(
             f"{type(model).__name__} has no trainable parameter (every parameter has "

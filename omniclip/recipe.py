@@ -17,13 +17,10 @@ from torch.utils.data import Dataset, Subset
 from omniclip.anchors import AnchorStore
 from omniclip.backbone import ClipBackbone, load_backbone
 from omniclip.errors import ConfigError
-from omniclip.losses import LogitScale
 from omniclip.modality import Modality, get_modality
-from omniclip.model import LensModel, build_lens_model
-from omniclip.objective import ContrastiveObjective
 
 #: Top-level keys of a recipe; a ConfigError key starting with one of them is already absolute.
-RECIPE_GROUPS = ("backbone", "trunk", "lens", "modality", "data", "loss", "anchors", "trainer", "eval")
+RECIPE_GROUPS = ("backbone", "trunk", "lens", "model", "modality", "data", "loss", "anchors", "trainer", "eval")
 
 #: Kinds of zero-shot task an eval entry may name (``eval.tasks.<name>.type``).
 TASK_TYPES = ("classification", "retrieval")
@@ -92,7 +89,8 @@ def recipe_modality(cfg: DictConfig) -> Modality:
 
 def recipe_tokenizer(cfg: DictConfig) -> dict[str, Any]:
     """The tokenizer config of a training recipe (``modality.tokenizer``)."""
-    return OmegaConf.to_container(cfg.modality.get("tokenizer", {}), resolve=True)
+    tokenizer = cfg.modality.get("tokenizer")
+    return {} if tokenizer is None else OmegaConf.to_container(tokenizer, resolve=True)  # video: none
 
 
 def train_dataset(cfg: DictConfig, modality: Modality, image_transform: Any = None) -> Dataset:
@@ -156,29 +154,14 @@ def build_backbone(cfg: Mapping[str, Any], device: torch.device) -> ClipBackbone
                              precision=cfg.get("precision", "fp32"), cache_dir=cfg.get("cache_dir"))
 
 
-def build_model(cfg: DictConfig, backbone: ClipBackbone) -> tuple[LensModel, dict[str, Any]]:
-    modality = recipe_modality(cfg)
-    trunk_cfg = OmegaConf.to_container(cfg.trunk, resolve=True)
-    with config_scope("trunk"):
-        trunk = backbone.trunk(**trunk_cfg)
-    tokenizer_cfg = recipe_tokenizer(cfg)
-    # null = keep the modality's default for that key
-    lens_cfg = {k: v for k, v in OmegaConf.to_container(cfg.lens, resolve=True).items() if v is not None}
-    with config_scope("modality.tokenizer"):
-        model, model_cfg = build_lens_model(modality, trunk, tokenizer_cfg, lens_cfg, backbone.name)
-    model_cfg.update(trunk=trunk_cfg, backbone={"name": backbone.name, "pretrained": backbone.pretrained})
-    return model, model_cfg
+def build_model(cfg: DictConfig, backbone: ClipBackbone) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The recipe's model and its recorded config: the modality decides what a model is
+    (`Modality.build_model`; a lens model by default)."""
+    return recipe_modality(cfg).build_model(cfg, backbone)
 
 
-def build_objective(cfg: Mapping[str, Any], anchors: AnchorStore) -> ContrastiveObjective:
-    scale = cfg.get("scale") or anchors.backbone.logit_scale
-    with config_scope("loss"):
-        return ContrastiveObjective(
-            anchors,
-            LogitScale(scale, learnable=bool(cfg.get("learnable_scale", False))),
-            text_weight=float(cfg.get("text_weight", 1.0)),
-            image_weight=float(cfg.get("image_weight", 1.0)),
-            class_weight=float(cfg.get("class_weight", 0.0)),
-            label_smoothing=float(cfg.get("label_smoothing", 0.0)),
-            same_text_is_positive=bool(cfg.get("same_text_is_positive", True)),
-        )
+def build_objective(cfg: DictConfig, backbone: ClipBackbone, anchors: AnchorStore,
+                    dataset: Dataset | None = None) -> torch.nn.Module:
+    """The recipe's training objective (`Modality.build_objective`; contrastive against cached
+    anchors by default). ``dataset`` is the training dataset (class names)."""
+    return recipe_modality(cfg).build_objective(cfg, backbone, anchors, dataset)

@@ -12,6 +12,15 @@ second time is compared with the one saved in the checkpoint, key by key:
 - **bookkeeping keys** (`FREE_KEYS`, and any location: a key ending in ``root`` or
   ``cache_dir``) change nothing that is computed: workers, logging, checkpoint cadence,
   evaluation, output locations.
+- **learning-rate groups** (``trainer.lr_groups``, ``[{match, lr_scale}]``): a group's
+  ``lr_scale`` is a schedule key (``lr_groups[i].lr_scale``), applied like ``lr``; its ``match``
+  pattern, and the number of groups, are refused (``lr_groups[i].match``): they decide which
+  parameters form which optimizer group, and the checkpoint's moment estimates are stored per
+  group, by position.
+- ``trainer.train_only`` (which parameters train) is refused: the checkpoint's trainable weights
+  and moments are those of the parameters it named.
+- keys added to the trainer after a checkpoint was written (`ADDED_TRAINER_KEYS`) are read from an
+  older checkpoint as the value its run had in effect, so such checkpoints still resume.
 - **everything else** (the model: backbone, trunk, tokenizer, lens; the data; the loss; batch
   size, accumulation, seed) is *refused*: the checkpoint's weights or its position in the data
   would no longer mean what they meant. The error names every differing key with both values.
@@ -31,6 +40,9 @@ FREE_TRAINER_KEYS: tuple[str, ...] = (
     "tensorboard", "wandb_project", "progress_bar", "grad_checkpointing", "bad_samples", "max_skip_fraction",
     "nonfinite", "max_nonfinite_steps", "max_consecutive_nonfinite",
 )
+
+#: Trainer keys newer than some checkpoints, with the value a run that predates them had in effect.
+ADDED_TRAINER_KEYS: dict[str, Any] = {"lr_groups": [], "train_only": None}
 
 #: Run-config prefixes that are bookkeeping (dotted, matched on whole components).
 FREE_KEYS: tuple[str, ...] = (
@@ -80,16 +92,35 @@ def diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tupl
     return changes
 
 
+def expand_lr_groups(trainer: Mapping[str, Any]) -> dict[str, Any]:
+    """``lr_groups: [{match, lr_scale}]`` -> ``lr_groups[i].match`` / ``lr_groups[i].lr_scale``
+    keys, so that a changed scale is told from a changed grouping."""
+    out = {k: v for k, v in trainer.items() if k != "lr_groups"}
+    for index, group in enumerate(trainer.get("lr_groups") or []):
+        group = dict(group) if isinstance(group, Mapping) else {"match": group}
+        out[f"lr_groups[{index}].match"] = group.get("match")
+        out[f"lr_groups[{index}].lr_scale"] = float(group.get("lr_scale", 1.0))
+    return out
+
+
+def _is_schedule(key: str) -> bool:
+    return key in SCHEDULE_KEYS or (key.startswith("lr_groups[") and key.endswith("].lr_scale"))
+
+
 class ResumeCheck:
     """The outcome of comparing a checkpoint's configuration with the current one."""
 
     def __init__(self, saved_trainer: Mapping[str, Any], current_trainer: Mapping[str, Any],
                  saved_run: Mapping[str, Any], current_run: Mapping[str, Any]) -> None:
-        trainer_changes = diff(dict(saved_trainer), dict(current_trainer))
-        self.schedule = {k: v for k, v in trainer_changes.items() if k in SCHEDULE_KEYS}
+        saved_trainer = {**ADDED_TRAINER_KEYS, **saved_trainer}
+        trainer_changes = diff(expand_lr_groups(saved_trainer), expand_lr_groups(current_trainer))
+        if any(k.startswith("lr_groups[") and k.endswith("].match") for k in trainer_changes):
+            # another grouping: no scale of it can be applied to the checkpoint's groups
+            trainer_changes = {k: v for k, v in trainer_changes.items() if not k.endswith("].lr_scale")}
+        self.schedule = {k: v for k, v in trainer_changes.items() if _is_schedule(k)}
         self.free = {k: v for k, v in trainer_changes.items() if k in FREE_TRAINER_KEYS}
         refused = {f"trainer.{k}": v for k, v in trainer_changes.items()
-                   if k not in SCHEDULE_KEYS and k not in FREE_TRAINER_KEYS}
+                   if not _is_schedule(k) and k not in FREE_TRAINER_KEYS}
         run_changes = diff(flatten(saved_run), flatten(current_run))
         refused.update({k: v for k, v in run_changes.items() if not _is_free(k)})
         self.refused = refused

@@ -10,16 +10,15 @@ Running the same command again resumes from the newest checkpoint in ``output_di
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from omegaconf import DictConfig, OmegaConf
 
 from omniclip.anchors import AnchorStore
 from omniclip.cli import hydra_entry
 from omniclip.distributed import DistEnv, cleanup, init_distributed
-from omniclip.model import LensModel
 from omniclip.recipe import (
     DeferredTransform,
     build_backbone,
@@ -36,8 +35,12 @@ from omniclip.zeroshot import make_evaluators
 log = logging.getLogger(__name__)
 
 
-def build_trainer(cfg: DictConfig, env: DistEnv | None = None) -> tuple[Trainer, LensModel, dict[str, Any]]:
+def build_trainer(cfg: DictConfig, env: DistEnv | None = None) -> tuple[Trainer, nn.Module, dict[str, Any]]:
     """Everything a run needs, validated before any training step.
+
+    The modality builds the model and the objective (`Modality.build_model`,
+    `Modality.build_objective`): a lens model trained contrastively against cached anchors by
+    default, a video model trained against class text for video.
 
     Every dataset the recipe names (``data.train`` and each eval task) is built before the
     backbone loads, so a missing folder or manifest fails in seconds, not after loading weights
@@ -55,7 +58,7 @@ def build_trainer(cfg: DictConfig, env: DistEnv | None = None) -> tuple[Trainer,
     torch.manual_seed(trainer_cfg.seed)  # lens initialisation: the same on every rank and every run
     model, model_cfg = build_model(cfg, backbone)
     anchors = AnchorStore(backbone, cfg.anchors.get("cache_dir"), int(cfg.anchors.get("batch_size", 256)))
-    objective = build_objective(OmegaConf.to_container(cfg.loss, resolve=True), anchors)
+    objective = build_objective(cfg, backbone, anchors, dataset)
     evaluators = make_evaluators(modality, eval_cfg, anchors, env.device, trainer_cfg.num_workers,
                                  trainer_cfg.bad_samples, eval_sets)
     trainer_cfg.eval_every = eval_cfg.get("every")
@@ -66,14 +69,18 @@ def build_trainer(cfg: DictConfig, env: DistEnv | None = None) -> tuple[Trainer,
 
 
 def run(cfg: DictConfig) -> TrainResult:
-    """Train as the recipe says, then export the lens to ``<output_dir>/lens``."""
+    """Train as the recipe says, then export the trained model as its modality does
+    (`Modality.export_model`: a lens to ``<output_dir>/lens``; a video model to
+    ``<output_dir>/video``)."""
     trainer, model, model_cfg = build_trainer(cfg)
     try:
         result = trainer.fit()
-        trainer.objective.anchors.flush()  # every rank: shards have unique names
+        anchors = getattr(trainer.objective, "anchors", None)  # objectives scoring against cached features
+        if anchors is not None:
+            anchors.flush()  # every rank: shards have unique names
         if trainer.env.is_main:
-            model.save_lens(Path(cfg.output_dir) / "lens", model_cfg)
-            log.info("lens exported to %s", Path(cfg.output_dir) / "lens")
+            exported = recipe_modality(cfg).export_model(model, trainer.objective, model_cfg, cfg.output_dir)
+            log.info("%s exported to %s", exported.name, exported)
         return result
     finally:
         cleanup()
@@ -81,8 +88,9 @@ def run(cfg: DictConfig) -> TrainResult:
 
 # build_trainer checks every dataset before loading the backbone: no separate preflight.
 main = hydra_entry("train", run, preflight=None, description=(
-    "Train a lens into a frozen CLIP ViT as a recipe says, then export it to <output_dir>/lens. Running the "
-    "same command again resumes from the newest checkpoint in output_dir."))
+    "Train a lens into a frozen CLIP ViT (or a video model) as a recipe says, then export it under "
+    "<output_dir> (lens/, or video/). Running the same command again resumes from the newest checkpoint in "
+    "output_dir."))
 
 
 if __name__ == "__main__":

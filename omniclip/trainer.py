@@ -41,7 +41,7 @@ from omniclip.data import (
 )
 from omniclip.distributed import DistEnv, all_gather_object, all_reduce_mean, barrier
 from omniclip.errors import ConfigError, OmniclipError
-from omniclip.optim import build_optimizer, cosine_schedule
+from omniclip.optim import apply_train_only, build_optimizer, cosine_schedule, parse_lr_groups
 from omniclip.resume_rules import ResumeCheck
 from omniclip.state import (
     atomic_save,
@@ -85,6 +85,10 @@ class TrainerConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.0
     grad_clip: float | None = 1.0
+    #: ``[{match, lr_scale}]``: parameters whose name fully matches the regex train at lr * lr_scale
+    lr_groups: list[dict[str, Any]] = field(default_factory=list)
+    #: regexes; when set, only trainable parameters whose name matches one of them train
+    train_only: list[str] | None = None
     precision: str = "fp32"  # fp32 | bf16 | fp16: autocast (and a GradScaler for fp16), on CUDA and CPU
     grad_checkpointing: bool = False
     num_workers: int = 2
@@ -106,6 +110,12 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # hydra hands lists
+        self.lr_groups = [dict(g) if isinstance(g, Mapping) else g for g in (self.lr_groups or [])]
+        self.train_only = [self.train_only] if isinstance(self.train_only, str) else self.train_only
+        try:
+            parse_lr_groups(self.lr_groups)  # checked before anything is built
+        except ConfigError as error:
+            raise _trainer_key(error) from None
         checks = {
             "precision": (self.precision, ("fp32", "bf16", "fp16")),
             "nonfinite": (self.nonfinite, ("stop", "skip")),
@@ -167,17 +177,21 @@ class Trainer:
         # One module so optimizer, checkpoints and DDP see model and objective together; DDP's
         # gradient synchronisation needs the forward to go through it.
         self.trainable = _TrainStep(self.model, self.objective)
+        try:  # before DDP, which registers gradient hooks on what trains
+            apply_train_only(self.trainable, cfg.train_only)
+        except ConfigError as error:
+            raise _trainer_key(error) from None
         self.ddp = (
             DistributedDataParallel(self.trainable, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.env.world_size > 1
             else None
         )
-        self.optimizer = build_optimizer(self.trainable, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
-        try:
+        try:  # the optimiser's and the schedule's own names -> the recipe keys
+            self.optimizer = build_optimizer(self.trainable, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps,
+                                             lr_groups=cfg.lr_groups)
             self.scheduler = cosine_schedule(self.optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
-        except ConfigError as error:  # the schedule's own names -> the recipe keys
-            key = error.key if error.key.startswith("trainer.") else f"trainer.{error.key}"
-            raise ConfigError(key, error.problem) from None
+        except ConfigError as error:
+            raise _trainer_key(error) from None
         self.use_autocast = cfg.precision != "fp32"
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision, torch.float32)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
@@ -635,6 +649,12 @@ class _TrainStep(nn.Module):
             loss = loss + value.float()
             logs[f"aux/{name}"] = float(value.detach())
         return loss, logs
+
+
+def _trainer_key(error: ConfigError) -> ConfigError:
+    """The same error keyed by its recipe name (``lr`` -> ``trainer.lr``)."""
+    key = error.key if error.key.startswith("trainer.") else f"trainer.{error.key}"
+    return ConfigError(key, error.problem)
 
 
 def _trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -7,25 +7,55 @@ templates and shipped class names. Batches hold ``inputs`` ``[B, T, 3, H, W]`` (
 normalised; or uint8 with ``normalize: none``, normalised on the GPU by
 `transforms.Normalize`) and ``labels`` ``[B]``.
 
-A video model reads frames through CLIP's image tower, so the modality has no tokenizer:
-``build_tokenizer`` raises until the video models define what consumes the clips. Decoding is in
-`io` (PyAV / torchcodec / decord / frame folders), clip sampling in `sampling`, transforms in
-`transforms`, batch mixup / cutmix in `mixing`, a GPU-feeding loader in `loader`.
+A video model reads frames through CLIP's image tower, so the modality has no tokenizer: it
+builds its own model and objective from a recipe's ``model`` group (`VideoModality.build_model`,
+`VideoModality.build_objective`): `omniclip.video_model.VideoClipModel` over the image tower
+(frozen, partly unlocked, or trained whole; with vision prompts), trained with
+`omniclip.video_objective.ClassObjective` against class text from a text side that may train
+(the tower, or learned prompts); recipes/model/vificlip*.yaml. Decoding is in `io` (PyAV /
+torchcodec / decord / frame folders), clip sampling in `sampling`, transforms in `transforms`,
+batch mixup / cutmix in `mixing`, a GPU-feeding loader in `loader`.
 """
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from torch.utils.data import Dataset
 
 from omniclip import registry
+from omniclip.anchors import AnchorStore
+from omniclip.backbone import ClipBackbone
+from omniclip.errors import ConfigError
+from omniclip.losses import LogitScale
 from omniclip.modalities.video.datasets import CLASS_NAME_FILES, build_dataset
 from omniclip.modalities.video.io import VIDEO_SUFFIXES
 from omniclip.modalities.video.templates import TEMPLATES
-from omniclip.modality import Modality
+from omniclip.modality import Modality, write_export
 from omniclip.modality import collate_views as collate_view_rows  # this module's own name is the public one
+from omniclip.prompts import TextPrompts, add_vision_prompts
+from omniclip.recipe import config_scope
+from omniclip.text_trunk import TextTrunk
+from omniclip.trunk import ViTTrunk, maybe_copy
+from omniclip.video_model import VideoClipModel
+from omniclip.video_objective import ClassObjective, ClassText
+
+#: Keys of a recipe's ``model`` group (recipes/model/vificlip*.yaml) and what each may be.
+MODEL_KEYS = {
+    "name": "a label for the run's records",
+    "image_tower": "`whole` (every image-tower weight trains, copied) or `trunk` (as the trunk group says)",
+    "text_tower": "`frozen`, `whole`, or the number of first text blocks that train",
+    "train_token_embedding": "whether the word embedding trains with a whole text tower",
+    "template": "the class prompt, `{}` filled with the class name (without text prompts)",
+    "temporal": "how frame embeddings pool over time: `mean`",
+    "vision_prompts": "null or {num_tokens, depth}",
+    "text_prompts": "null or {num_tokens, init, depth}",
+}
 
 
 def collate_views(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -46,6 +76,174 @@ class VideoModality(Modality):
 
     def collate(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         return collate_views(samples)
+
+    def build_model(self, cfg: DictConfig, backbone: ClipBackbone) -> tuple[VideoClipModel, dict[str, Any]]:
+        """`VideoClipModel` over ``backbone``'s image tower as the recipe's ``model`` group says.
+
+        ``image_tower: trunk`` builds the tower as the ``trunk`` group says (frozen by default;
+        unlocked blocks and tokens are copies); ``whole`` trains every weight of it, patch
+        embedding, norms and projection included (copied, so the backbone and its anchor cache
+        never change): ViFi-CLIP's full fine-tune. ``vision_prompts`` adds learned prompt tokens
+        to the first ``depth`` blocks (bridge-and-prompt). The text side is the objective's.
+        """
+        section = model_section(cfg)
+        trunk_cfg = OmegaConf.to_container(cfg.trunk, resolve=True)
+        if trunk_cfg.get("skip_blocks", 0):
+            raise ConfigError("trunk.skip_blocks", f"is {trunk_cfg['skip_blocks']}, but a video model reads frames "
+                                                   "through the whole image tower: set it to 0")
+        image_tower = section.get("image_tower", "trunk")
+        if image_tower not in ("trunk", "whole"):
+            raise ConfigError("model.image_tower", f"`{image_tower}` is not one of ('trunk', 'whole')")
+        if section.get("temporal", "mean") != "mean":
+            raise ConfigError("model.temporal", f"`{section['temporal']}` is not one of ('mean',)")
+        with config_scope("trunk"):
+            if image_tower == "whole":
+                trunk = whole_image_tower(backbone, trunk_cfg)
+            else:
+                trunk = backbone.trunk(**trunk_cfg)
+        prompts = section.get("vision_prompts")
+        if prompts:
+            unknown = sorted(set(prompts) - {"num_tokens", "depth"})
+            if unknown:
+                raise ConfigError(f"model.vision_prompts.{unknown[0]}", "unknown key (known: num_tokens, depth)")
+            with config_scope("model.vision_prompts"):
+                add_vision_prompts(trunk, num_tokens=int(prompts["num_tokens"]), depth=int(prompts["depth"]))
+        model_cfg = {"modality": self.name, "model": section, "trunk": trunk_cfg,
+                     "backbone": {"name": backbone.name, "pretrained": backbone.pretrained}}
+        return VideoClipModel(trunk), model_cfg
+
+    def build_objective(self, cfg: DictConfig, backbone: ClipBackbone, anchors: AnchorStore,
+                        dataset: Dataset | None = None) -> ClassObjective:
+        """Cosine cross-entropy against the training dataset's classes (`ClassObjective`), whose
+        text embeddings come, every step, from a text side that may train (`ClassText`).
+
+        The text side is ``model.text_prompts`` (learned context through the tower) or the text
+        tower with ``model.template``, frozen, with its first blocks unlocked, or ``whole``.
+        ``loss`` gives the scale (null: CLIP's), ``learnable_scale`` and ``label_smoothing``.
+        In-training evaluation scores against the *frozen* text tower's cached class features,
+        so with a text side that trains an ``eval`` task is refused rather than misreported.
+        """
+        section = model_section(cfg)
+        names = getattr(dataset, "class_names", None)
+        if not names:
+            raise ConfigError("data.train.classes", "the video model trains against class text, so the training "
+                                                    "dataset must name its classes (set `classes`)")
+        text_tower = section.get("text_tower", "frozen")
+        if text_tower == "frozen":
+            unlocked = 0
+        elif text_tower == "whole":
+            unlocked = -1
+        elif isinstance(text_tower, int) and not isinstance(text_tower, bool):
+            unlocked = text_tower
+        else:
+            raise ConfigError("model.text_tower", f"`{text_tower}` is not `frozen`, `whole` or a number of blocks")
+        with config_scope("model"):
+            try:
+                text = TextTrunk(backbone.model, unlocked_blocks=unlocked)
+            except ConfigError as error:
+                raise ConfigError("model.text_tower", error.problem) from None
+        if unlocked == -1 and not section.get("train_token_embedding", False):
+            # ViFi-CLIP embeds its prompts once, with the base CLIP's word embedding: it never trains
+            text.token_embedding.requires_grad_(False)
+        prompt_cfg = section.get("text_prompts")
+        template = section.get("template")
+        if prompt_cfg:
+            if template is not None:
+                raise ConfigError("model.template", "is not used with model.text_prompts (the prompts read "
+                                                    "`<context> <name>.`): set it to null")
+            class_text = ClassText(names, prompts=text_prompts(text, backbone, prompt_cfg))
+        else:
+            template = "{}" if template is None else str(template)
+            if "{}" not in template:
+                raise ConfigError("model.template", f"`{template}` has no `{{}}` for the class name")
+            class_text = ClassText(names, text=text, tokenizer=backbone.tokenizer, template=template)
+        tasks = OmegaConf.to_container(cfg.eval, resolve=True).get("tasks") or {}
+        trains_text = bool(prompt_cfg) or unlocked != 0
+        if tasks and trains_text:
+            raise ConfigError("eval.tasks", f"in-training evaluation ({', '.join(tasks)}) scores videos against the "
+                                            "frozen CLIP text tower's cached class features, but this model trains its "
+                                            "text side: use eval=none and evaluate the export")
+        loss = OmegaConf.to_container(cfg.loss, resolve=True)
+        unknown = sorted(set(loss) - {"scale", "learnable_scale", "label_smoothing"})
+        if unknown:
+            raise ConfigError(f"loss.{unknown[0]}", "is not an option of the video class loss (known: scale, "
+                                                    "learnable_scale, label_smoothing): use loss=video_class")
+        scale = loss.get("scale") or backbone.logit_scale
+        with config_scope("loss"):
+            return ClassObjective(class_text, LogitScale(scale, learnable=bool(loss.get("learnable_scale", False))),
+                                  label_smoothing=float(loss.get("label_smoothing", 0.0)))
+
+    def export_model(self, model: nn.Module, objective: nn.Module, model_cfg: Mapping[str, Any],
+                     output_dir: str | Path) -> Path:
+        """``<output_dir>/video``: ``weights.safetensors`` with every trained tensor, under the
+        names the trainer's checkpoints use (``model.*``: image tower parts and vision prompts;
+        ``objective.*``: the text side and a learned scale), and ``config.json`` (``model``:
+        the model config; ``class_names``: the training classes). Everything frozen is the
+        backbone's own, named in the config."""
+        weights = {f"model.{k}": v for k, v in model.trainable_state_dict().items()}
+        weights.update({f"objective.{k}": p.detach() for k, p in objective.named_parameters() if p.requires_grad})
+        class_names = list(getattr(getattr(objective, "class_text", None), "class_names", []) or [])
+        return write_export(Path(output_dir) / "video", weights, {"model": dict(model_cfg), "class_names": class_names})
+
+
+def model_section(cfg: DictConfig) -> dict[str, Any]:
+    """The recipe's ``model`` group, resolved and checked for unknown keys."""
+    if "model" not in cfg or cfg.model is None:
+        raise ConfigError("model", "a video recipe names its model group (model=vificlip or "
+                                   "model=vificlip_bridge_prompt): the video model is not a lens model")
+    section = OmegaConf.to_container(cfg.model, resolve=True)
+    unknown = sorted(set(section) - set(MODEL_KEYS))
+    if unknown:
+        known = "; ".join(f"{k}: {v}" for k, v in MODEL_KEYS.items())
+        raise ConfigError(f"model.{unknown[0]}", f"unknown key (known: {known})")
+    return section
+
+
+def whole_image_tower(backbone: ClipBackbone, trunk_cfg: Mapping[str, Any]) -> ViTTrunk:
+    """The image tower with every weight trainable, copied from ``backbone`` (whose tower, and
+    so the anchor cache, never changes): all blocks, class token and positions unlocked through
+    `ViTTrunk`, then the patch embedding, both norms and the projection, which `ViTTrunk` always
+    shares frozen, copied and unlocked too."""
+    blocks = len(backbone.visual.transformer.resblocks)
+    options = {**trunk_cfg, "unlocked_blocks": blocks, "unlock_class_token": True, "unlock_positional_embedding": True}
+    trunk = backbone.trunk(**options)
+    for name in ("conv1", "ln_pre", "ln_post"):
+        setattr(trunk, name, copy.deepcopy(getattr(trunk, name)).requires_grad_(True))
+    if trunk.proj is not None:
+        trunk.proj = maybe_copy(trunk.proj, True)
+        trunk.proj.requires_grad_(True)
+    return trunk
+
+
+def text_prompts(text: TextTrunk, backbone: ClipBackbone, cfg: Mapping[str, Any]) -> TextPrompts:
+    """`TextPrompts` from ``model.text_prompts`` ({num_tokens, init, depth}).
+
+    ``init`` words give the context both its length and its start (``"a photo of a"``: 4
+    tokens). ``num_tokens`` other than the words' count gives that many context vectors drawn
+    from N(0, 0.02) behind ``X`` placeholders, which is what ViFi-CLIP does whenever its
+    N_CTX_TEXT exceeds 4 (its published bridge-and-prompt runs: 16, so CTX_INIT is unused).
+    """
+    unknown = sorted(set(cfg) - {"num_tokens", "init", "depth"})
+    if unknown:
+        raise ConfigError(f"model.text_prompts.{unknown[0]}", "unknown key (known: num_tokens, init, depth)")
+    init, count, depth = cfg.get("init"), cfg.get("num_tokens"), int(cfg.get("depth", 1))
+    if init is None and count is None:
+        raise ConfigError("model.text_prompts", "set `init` (words that start the context) or `num_tokens`")
+    words = None
+    if init is not None:
+        ids = backbone.tokenizer([str(init)])[0]
+        words = int(ids.argmax()) - 1
+    with config_scope("model"):
+        if count is None or count == words:
+            return TextPrompts(text, backbone.tokenizer, init=str(init), depth=depth)
+        if int(count) < 1:
+            raise ConfigError("model.text_prompts.num_tokens", f"must be >= 1, got {count}")
+        prompts = TextPrompts(text, backbone.tokenizer, init=" ".join(["X"] * int(count)), depth=depth)
+    if prompts.num_tokens != int(count):
+        raise ConfigError("model.text_prompts.num_tokens", f"{count} placeholders made {prompts.num_tokens} tokens")
+    with torch.no_grad():
+        prompts.context.normal_(std=0.02)
+    return prompts
 
 
 registry.register("modality", "video", VideoModality)
