@@ -25,6 +25,10 @@
 val and test read the test lists where a dataset has no validation split (UCF101, HMDB51) and
 the validation list where its test labels are withheld (SSv2).
 
+Protocol keys make any of them a view (`protocol_view`): ``class_subset`` keeps some classes,
+renumbered (``hmdb51_base``: the base half of a base-to-novel split), and ``shots`` keeps K
+samples per class drawn with ``shot_seed`` (the few-shot training sets).
+
 Every item is a video file or a frame folder. Training samples hold one clip ``[T, 3, S, S]``,
 the label and a caption (the class name through ``text_template``); evaluation samples hold
 ``num_clips x num_crops`` views ``[V, T, 3, S, S]`` and the item index as ``group_id``, which
@@ -56,6 +60,7 @@ from torch.utils.data import Dataset
 from omniclip.data import read_csv_rows, require_dir, require_file, require_split
 from omniclip.errors import ConfigError, SampleError
 from omniclip.paths import ALLOW_KEY, resolve_in_root
+from omniclip.protocols import ClassSubset, few_shot_subset
 from omniclip.modalities.video.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, DecodeOptions, VideoSource, probe, read_frames
 from omniclip.modalities.video.sampling import ClipTooShort, SamplingOptions, sample_indices
 from omniclip.modalities.video.transforms import ClipTransform, TransformOptions
@@ -63,9 +68,16 @@ from omniclip.modalities.video.transforms import ClipTransform, TransformOptions
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+#: Published class splits (`omniclip.modalities.video.splits`): base / novel halves and the three
+#: 160-class K600 zero-shot sets, each a class list of its own, in its label order.
+SPLIT_CLASS_FILES = {
+    **{f"{name}_{part}": f"{name}_{part}.txt" for name in ("k400", "hmdb51", "ucf101", "ssv2")
+       for part in ("base", "novel")},
+    **{f"k600_zs_split{i}": f"k600_zs_split{i}.txt" for i in (1, 2, 3)},
+}
 #: Shipped class-name files (one name per line, in label order) by dataset name.
 CLASS_NAME_FILES = {"k400": "k400.txt", "k600": "k600.txt", "ucf101": "ucf101.txt", "hmdb51": "hmdb51.txt",
-                    "ssv2": "ssv2.txt"}
+                    "ssv2": "ssv2.txt", **SPLIT_CLASS_FILES}
 
 
 def shipped_class_names(name: str) -> list[str]:
@@ -392,6 +404,8 @@ _OPTION_KEYS: dict[str, tuple[type, str]] = {
     "frame_stride": (SamplingOptions, "stride"), "num_clips": (SamplingOptions, "num_views"),
     "short_clip": (SamplingOptions, "short_clip"),
 }
+#: Protocol keys, applied after the dataset is read (`protocol_view`).
+PROTOCOL_KEYS = ("class_subset", "shots", "shot_seed")
 
 
 def build_pipeline(options: Mapping[str, Any], train: bool) -> ClipPipeline:
@@ -411,8 +425,9 @@ def _own_keys(cls: type) -> set[str]:
 
 
 def build_dataset(cfg: Mapping[str, Any], split: str, image_transform: Callable[[Any], torch.Tensor] | None = None
-                  ) -> VideoDataset:
-    """The dataset ``cfg['name']`` for ``split``; other keys are its own or the clip options."""
+                  ) -> Dataset:
+    """The dataset ``cfg['name']`` for ``split``; other keys are its own, the clip options, or the
+    protocol keys (`PROTOCOL_KEYS`, which make it a `protocol_view`)."""
     params = dict(cfg)
     name = params.pop("name", None)
     params.pop("split", None)  # the caller's split wins (evaluation passes it separately)
@@ -421,13 +436,52 @@ def build_dataset(cfg: Mapping[str, Any], split: str, image_transform: Callable[
     cls = DATASETS[name]
     root = require_dir(params.pop("root", None))
     own = _own_keys(cls)
+    protocol = {key: params.pop(key) for key in PROTOCOL_KEYS if key in params}
     unknown = sorted(set(params) - own - set(_OPTION_KEYS) - {ALLOW_KEY})
     if unknown:
-        known = ", ".join(sorted(own | set(_OPTION_KEYS) | {"root", "split", ALLOW_KEY}))
+        known = ", ".join(sorted(own | set(_OPTION_KEYS) | set(PROTOCOL_KEYS) | {"root", "split", ALLOW_KEY}))
         raise ConfigError(unknown[0], f"unknown option for video dataset `{name}` (known: {known})")
     require_split(split, SPLITS)
     allow_outside = bool(params.pop(ALLOW_KEY, False))
     pipeline = build_pipeline({k: params.pop(k) for k in list(params) if k in _OPTION_KEYS}, split == "train")
     dataset = cls(root, split, pipeline, **params)
     dataset.allow_outside_root = allow_outside
-    return dataset
+    return protocol_view(dataset, root, **protocol) if protocol else dataset
+
+
+def protocol_view(dataset: VideoDataset, root: Path, class_subset: str | Sequence[str] | None = None,
+                  shots: int | None = None, shot_seed: int | None = None) -> Dataset:
+    """The part of ``dataset`` an evaluation protocol uses (`omniclip.protocols.ClassSubset`).
+
+    ``class_subset`` (a shipped list such as ``hmdb51_base``, a class file as for ``classes``, or
+    a list of names) keeps only those classes, labelled in that list's order: base-only
+    training, and evaluation of each half with a classifier over that half alone. ``shots``
+    keeps K samples of every (kept) class, drawn with ``shot_seed`` (default 0): the few-shot
+    training sets.
+    """
+    if shot_seed is not None and shots is None:
+        raise ConfigError("shot_seed", "only used with `shots` (the few-shot draw)")
+    classes = None
+    if class_subset is not None:
+        names = (read_class_names(class_subset, root) if isinstance(class_subset, str)
+                 else [str(n) for n in class_subset])
+        index = {name: i for i, name in enumerate(dataset.class_names or [])}
+        unknown = [n for n in names if n not in index]
+        if unknown:
+            raise ConfigError("class_subset", f"{len(unknown)} classes are not classes of the dataset "
+                                              f"(first: `{unknown[0]}`)")
+        if not names or len(set(names)) != len(names):
+            raise ConfigError("class_subset", "expected distinct class names, at least one")
+        classes = [index[n] for n in names]
+    view = ClassSubset(dataset, classes=classes)
+    if shots is None:
+        return view
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+        raise ConfigError("shots", f"must be a positive integer (samples per class), got {shots!r}")
+    if shot_seed is not None and (isinstance(shot_seed, bool) or not isinstance(shot_seed, int)):
+        raise ConfigError("shot_seed", f"must be an integer, got {shot_seed!r}")
+    try:
+        chosen = few_shot_subset(view.labels, shots, 0 if shot_seed is None else shot_seed, view.class_names)
+    except ValueError as err:
+        raise ConfigError("shots", f"{err} in the {dataset.split} split") from None
+    return ClassSubset(dataset, indices=[view.indices[i] for i in chosen], classes=classes)
