@@ -165,7 +165,7 @@ class FrameAlignment(nn.Module):
 
     def masks(self, points: torch.Tensor) -> torch.Tensor:
         """Points [B, P, 2] -> masks [B, P, rows, cols]; averaged over the 9 jittered points in training."""
-        points = points.unsqueeze(2)
+        points = points.float().unsqueeze(2)  # masks in fp32 even under autocast
         if self.training and self.jitter:
             points = points + self.jitter * self.jitter_directions.to(points.dtype)
         return alignment_masks(points, self.grid).mean(dim=2)
@@ -228,7 +228,7 @@ class ILABlock(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x: torch.Tensor, num_frames: int | None = None, align_losses: list | None = None,
+    def forward(self, x: torch.Tensor, num_frames: int | None = None, align_losses: list[torch.Tensor] | None = None,
                 **_: Any) -> torch.Tensor:
         steps = int(num_frames or self.num_frames)
         if steps < 2 or x.shape[0] % steps:
@@ -415,7 +415,7 @@ class ILAVideoModel(VideoClipModel):
         for block in self.ila_blocks():
             block.message_attn.decay_jitter(factor)
 
-    def run(self, frames: torch.Tensor, align_losses: list | None = None
+    def run(self, frames: torch.Tensor, align_losses: list[torch.Tensor] | None = None
             ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Clips [B, T, 3, H, W] -> (video embedding [B, E] not normalised, context [B, N, E] or None).
 
@@ -456,7 +456,7 @@ class ILAVideoModel(VideoClipModel):
         return logit_scale * cosine
 
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        losses: list | None = [] if self.training else None
+        losses: list[torch.Tensor] | None = [] if self.training else None
         video, context = self.run(batch["inputs"], losses)
         embeddings = F.normalize(video, dim=-1)
         if context is not None:
@@ -482,6 +482,9 @@ def build_ila_model(backbone: ClipBackbone, num_frames: int, hidden: int = 256, 
     """ILA on ``backbone``'s image tower with the published defaults (X-CLIP: ``mit_layers=1``,
     ``prompts_layers=2``, ``prompts_alpha=0.1``; ILA blocks of 256 hidden channels, jitter 0.2).
 
+    Trainable: the ILA blocks, MIT and the prompt generator (X-CLIP trains its prompts; ILA's own
+    optimizer leaves them, ``prompts_visual_*`` and the logit scale at their initial values, and
+    gives ``message_*`` lr 5e-4 / wd 1e-2, ``temporal_*`` 10x the base lr / wd 1e-3, MIT lr 4e-4).
     The tower stays frozen (ILA trains only its own modules; ``trunk_options`` such as
     ``unlocked_blocks`` are passed to `ClipBackbone.trunk`). ``use_prompts=False`` drops X-CLIP's
     prompt generator: the model then gives plain [B, E] video embeddings for any class objective.

@@ -568,3 +568,49 @@ def test_ila_trains_through_the_trainer_with_its_alignment_loss(tmp_path):
                 "model.trunk.block_hooks.0.temporal_skip_fc.weight", "model.temporal.positional_embedding",
                 "model.prompts.alpha", "model.trunk.block_hooks.0.message_attn.pair_bn.running_mean"):
         assert not torch.equal(after[key], before[key]), key
+
+
+def test_class_objective_scores_each_clip_against_its_own_conditioned_classes(tiny_backbone):
+    torch.manual_seed(10)
+    text = TextTrunk(tiny_backbone.model)
+    gen = VideoPromptGenerator(vision_width=D, embed_dim=64, layers=1, alpha=0.5)
+    objective = ClassObjective(ClassText(CLASSES, text=text, tokenizer=tiny_backbone.tokenizer), LogitScale(20.0),
+                               label_smoothing=0.1, conditioner=gen)
+    assert not list(objective.parameters()) or all(not p.requires_grad for p in objective.parameters())
+    video, context = F.normalize(torch.randn(2, 64), dim=-1), torch.randn(2, 5, 64)
+    labels = torch.tensor([2, 0])
+    with torch.no_grad():
+        raw = tiny_backbone.model.encode_text(tiny_backbone.tokenizer(CLASSES))  # un-normalised, as X-CLIP feeds them
+        logits = torch.stack([20.0 * F.normalize(gen(raw, context[b:b + 1])[0], dim=-1) @ video[b] for b in range(2)])
+        smooth = torch.full((2, 3), 0.1 / 3) + 0.9 * F.one_hot(labels, 3)
+        expected = -(smooth * logits.log_softmax(-1)).sum(-1).mean()
+        loss, logs = objective(torch.cat([video[:, None], context], dim=1), {"labels": labels})
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-5)
+    assert logs["class/acc"] == pytest.approx(float((logits.argmax(-1) == labels).float().mean()))
+    with pytest.raises(ValueError, match=r"\[B, 1 \+ N, E\]"):
+        objective(video, {"labels": labels})
+
+
+def test_ila_resumes_exactly_batchnorm_statistics_included(tmp_path):
+    backbone = load_backbone("omniclip-tiny")
+
+    def trainer(out):
+        torch.manual_seed(11)
+        model = build_ila_model(backbone, T, hidden=HIDDEN, use_prompts=False)
+        objective = ClassObjective(ClassText(CLASSES, text=TextTrunk(backbone.model), tokenizer=backbone.tokenizer),
+                                   LogitScale(backbone.logit_scale))
+        cfg = TrainerConfig(max_steps=3, batch_size=4, lr=1e-3, warmup_steps=0, num_workers=0, checkpoint_every=2,
+                            log_every=1, progress_bar=False, tensorboard=False)
+        return Trainer(cfg, model, objective, Clips(), default_collate, out)
+
+    full_trainer = trainer(tmp_path / "full")
+    full = full_trainer.fit()
+    first = trainer(tmp_path / "part").fit(stop_at=2)
+    resumed = trainer(tmp_path / "part")
+    second = resumed.fit()
+    assert first.losses + second.losses == pytest.approx(full.losses, abs=1e-6)
+    # training uses batch statistics, so equal losses do not show the running ones were restored
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        got = getattr(resumed.model.trunk.block_hooks["0"].message_attn.pair_bn, name)
+        want = getattr(full_trainer.model.trunk.block_hooks["0"].message_attn.pair_bn, name)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
