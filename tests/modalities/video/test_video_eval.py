@@ -85,23 +85,24 @@ def test_classifier_from_the_models_own_text_tower(folder_root, tiny_backbone):
     dataset = video.build_dataset(task_for(folder_root)["dataset"], "test")
     anchors = AnchorStore(tiny_backbone)
     text = TextTrunk(tiny_backbone.model, unlocked_blocks=-1)  # its own copy of the whole tower
+    noise = torch.randn(text.text_projection.shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():  # "fine-tuned": the copy's projection moves, the frozen tower's does not
-        text.text_projection.add_(0.5 * torch.randn(text.text_projection.shape, generator=torch.Generator().manual_seed(1)))
+        text.text_projection.add_(0.5 * noise)
     model = video_model(tiny_backbone, text)
     model.train()
     tokenizer = tiny_backbone.tokenizer
+
+    def by_hand(encode, prompts):  # per class: the renormalised mean of its normalised prompts
+        with torch.no_grad():
+            return torch.stack([F.normalize(F.normalize(encode(tokenizer([t.replace("{}", name) for t in prompts])),
+                                                        dim=-1).mean(0), dim=-1) for name in CLASSES])
+
     for templates in ("default", "video"):
         task = {**task_for(folder_root), "templates": templates}
         prompts = video.template_set(templates)
         own = task_classifier(video, dataset, task, anchors, model=model, device="cpu")
         frozen = task_classifier(video, dataset, task, anchors)
-        with torch.no_grad():
-            hand = torch.stack([
-                F.normalize(F.normalize(text(tokenizer([t.replace("{}", name) for t in prompts])), dim=-1).mean(0), dim=-1)
-                for name in CLASSES])
-            hand_frozen = torch.stack([
-                F.normalize(F.normalize(tiny_backbone.model.encode_text(tokenizer([t.replace("{}", n) for t in prompts])),
-                                        dim=-1).mean(0), dim=-1) for n in CLASSES])
+        hand, hand_frozen = by_hand(text, prompts), by_hand(tiny_backbone.model.encode_text, prompts)
         torch.testing.assert_close(own, hand, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(frozen, hand_frozen, rtol=1e-5, atol=1e-6)
         assert (own - frozen).abs().max() > 1e-2
@@ -182,3 +183,72 @@ def test_training_data_recipes(data_name, subset, seed):
                                                          "data.train.shots=4"]).data.train, resolve=True)
     assert (train["shots"], train["shot_seed"], train.get("class_subset")) == (4, seed, subset)
     assert train["num_frames"] == 32 and train["normalize"] == "imagenet"
+
+
+def test_classifier_from_learned_text_prompts(folder_root, tiny_backbone):
+    """A model holding text prompts (bridge-and-prompt) scores against its "<context> <name>."
+    embeddings; the templates do not apply."""
+    from omniclip.prompts import TextPrompts
+
+    video = get_modality("video")
+    dataset = video.build_dataset(task_for(folder_root)["dataset"], "test")
+    anchors = AnchorStore(tiny_backbone)
+    text = TextTrunk(tiny_backbone.model)
+    model = video_model(tiny_backbone, text)
+    model.text_prompts = TextPrompts(text, tiny_backbone.tokenizer, init="a photo of a", depth=2)
+    with torch.no_grad():
+        model.text_prompts.context.add_(torch.randn(model.text_prompts.context.shape,
+                                                    generator=torch.Generator().manual_seed(2)))
+        hand = F.normalize(model.text_prompts.class_embeddings(CLASSES), dim=-1)
+    classifier = task_classifier(video, dataset, {**task_for(folder_root), "templates": "video"}, anchors,
+                                 model=model, device="cpu")
+    torch.testing.assert_close(classifier, hand)
+    del model.text_prompts
+    plain = task_classifier(video, dataset, task_for(folder_root), anchors, model=model, device="cpu")
+    assert (plain - hand).abs().max() > 1e-2
+
+
+class DesignedViews(torch.nn.Module):
+    """A stand-in video model with its own "text tower": class k's prompt embeds as the basis
+    vector e_k; of every video's 6 views, 2 point squarely at the next class (cosine 1) and 4
+    mildly at the video's own (cosine 0.4). The mean embedding then favours the wrong class
+    (cosine 1/3 against 4 x 0.4 / 6 = 0.27), the mean of the views' softmax scores at scale 10
+    the right one (about 0.64)."""
+
+    def __init__(self, labels: list[int], class_tokens: list[int]) -> None:
+        super().__init__()
+        self.text = torch.nn.Identity()
+        self.labels = labels
+        self.class_tokens = class_tokens
+        self.basis = torch.eye(8)
+
+    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.basis[[self.class_tokens.index(int(t)) for t in ids[:, 1]]]
+
+    def forward(self, batch) -> torch.Tensor:
+        rows, seen = [], {}
+        for group in batch["group_ids"]:
+            view = seen[group] = seen.get(group, -1) + 1
+            label = self.labels[group]
+            if view < 2:
+                rows.append(self.basis[(label + 1) % 3])
+            else:
+                rows.append(0.4 * self.basis[label] + 0.84 ** 0.5 * self.basis[7])
+        return torch.stack(rows)
+
+
+def test_score_fusion_and_embedding_fusion_disagree_where_they_should(folder_root, tiny_backbone):
+    video = get_modality("video")
+    task = task_for(folder_root)
+    dataset = video.build_dataset(task["dataset"], "test")
+    tokens = [int(tiny_backbone.tokenizer([name])[0, 1]) for name in CLASSES]
+    assert len(set(tokens)) == 3
+    model = DesignedViews([item.label for item in dataset.items], tokens)
+    anchors = AnchorStore(tiny_backbone)
+    scores = evaluate_task(model, video, {**task, "view_fusion": "scores", "logit_scale": 10.0}, anchors, "cpu",
+                           batch_size=2, dataset=dataset)
+    means = evaluate_task(model, video, task, anchors, "cpu", batch_size=2, dataset=dataset)
+    assert scores["top1"] == 100.0 and means["top1"] == 0.0 and scores["num_samples"] == means["num_samples"] == 9
+    with pytest.raises(ConfigError) as err:
+        evaluate_task(model, video, {**task, "logit_scale": 10.0}, anchors, "cpu", dataset=dataset)
+    assert err.value.key == "eval.logit_scale"
