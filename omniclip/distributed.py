@@ -82,9 +82,20 @@ def init_distributed(device: str | None = None) -> DistEnv:
     return DistEnv(rank, local_rank, world_size, dist.get_backend(), dev)
 
 
-def cleanup() -> None:
-    """Destroy the process group if one exists."""
+def cleanup(synchronize: bool = False) -> None:
+    """Destroy the process group if one exists.
+
+    ``synchronize=True`` (a run that ended normally on every rank) waits at a barrier first.
+    Destroying a gloo group joins its worker threads while holding the GIL; a worker still
+    releasing the tensors of a finished collective needs the GIL too, and the process hangs at
+    exit (seen about once in 50 two-process runs here: the main thread in ``~ProcessGroupGloo``,
+    the worker in ``~AsyncWork``). After a barrier every earlier collective's work has been
+    released, so the teardown finds the workers idle. A rank that failed must not wait at a
+    barrier: the others may be inside a different collective.
+    """
     if is_distributed():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 
