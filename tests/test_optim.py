@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from omniclip.errors import ConfigError
-from omniclip.optim import build_optimizer, cosine_schedule, param_groups
+from omniclip.optim import apply_train_only, build_optimizer, cosine_schedule, param_groups, parse_lr_groups
 
 
 class Toy(nn.Module):
@@ -154,3 +154,89 @@ def test_cosine_schedule_rejects_bad_arguments(args, message):
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     with pytest.raises(ConfigError, match=message):
         cosine_schedule(opt, *args)
+
+
+# ------------------------------------------------------------------ lr groups and train_only
+class Net(nn.Module):
+    """Names like the trainer's: a model with a new module beside its tower, and an objective."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = nn.ModuleDict({"tower": nn.Linear(4, 4), "mit": nn.Linear(4, 4)})
+        self.objective = nn.ModuleDict({"prompts": nn.Linear(4, 2)})
+        self.objective.register_parameter("log_scale", nn.Parameter(torch.tensor(1.0)))
+
+
+def test_lr_groups_take_matching_parameters_first_match_wins():
+    groups = param_groups(Net(), 0.1, lr=1e-3, lr_groups=parse_lr_groups([
+        {"match": r"model\.mit\..*", "lr_scale": 10}, {"match": r".*\.(mit|prompts)\..*", "lr_scale": 2}]))
+    summary = [(g["group"], g["param_names"], g["weight_decay"], g.get("lr")) for g in groups]
+    assert summary == [
+        ("default", ["model.tower.weight"], 0.1, None),
+        ("default", ["model.tower.bias", "objective.log_scale"], 0.0, None),
+        (r"lr_scale=10:model\.mit\..*", ["model.mit.weight"], 0.1, pytest.approx(1e-2)),
+        (r"lr_scale=10:model\.mit\..*", ["model.mit.bias"], 0.0, pytest.approx(1e-2)),
+        (r"lr_scale=2:.*\.(mit|prompts)\..*", ["objective.prompts.weight"], 0.1, pytest.approx(2e-3)),
+        (r"lr_scale=2:.*\.(mit|prompts)\..*", ["objective.prompts.bias"], 0.0, pytest.approx(2e-3)),
+    ]
+    # a pattern is matched against the whole name: "mit" alone matches nothing
+    with pytest.raises(ConfigError, match=r"config `lr_groups\[0\].match`: `mit` matches no trainable parameter"):
+        param_groups(Net(), 0.1, lr=1e-3, lr_groups=parse_lr_groups([{"match": "mit", "lr_scale": 10}]))
+    # a group whose parameters an earlier group took is refused too
+    with pytest.raises(ConfigError, match=r"`lr_groups\[1\].match`: `model\\.mit\\.weight` matches no trainable "
+                                          r"parameter that an earlier lr group has not taken"):
+        param_groups(Net(), 0.1, lr=1e-3, lr_groups=parse_lr_groups([
+            {"match": r"model\.mit\..*"}, {"match": r"model\.mit\.weight", "lr_scale": 3}]))
+
+
+@pytest.mark.parametrize("spec, message", [
+    ([{"match": "(", "lr_scale": 2}], r"`lr_groups\[0\].match`: `\(` is not a regular expression"),
+    ([{"match": "x", "lr_scale": 0}], r"`lr_groups\[0\].lr_scale`: must be a positive number, got 0"),
+    ([{"match": "x"}, {"match": "y", "lr": 2}], r"`lr_groups\[1\].lr`: unknown key \(known: match, lr_scale\)"),
+    ([{"lr_scale": 2}], r"`lr_groups\[0\].match`: must be a non-empty regular expression, got None"),
+    (["x"], r"`lr_groups\[0\]`: must be a mapping"),
+])
+def test_lr_group_spec_errors(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_lr_groups(spec)
+
+
+def test_lr_groups_follow_the_schedule_at_their_scale():
+    model = Net()
+    opt = build_optimizer(model, lr=0.1, lr_groups=[{"match": r"model\.mit\..*", "lr_scale": 10}])
+    sched = cosine_schedule(opt, warmup_steps=2, total_steps=6, min_lr_ratio=0.1)
+    for step in range(8):
+        factor = (step + 1) / 2 if step < 2 else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1, (step - 2) / 4)))
+        for group in opt.param_groups:
+            expected = 0.1 * factor * group.get("lr_scale", 1)  # the default groups carry no lr_scale
+            assert group["lr"] == pytest.approx(expected, rel=1e-12), (step, group["group"])
+        assert {g.get("lr_scale", 1) for g in opt.param_groups} == {1, 10}
+        opt.step()
+        sched.step()
+
+
+def test_train_only_freezes_every_other_parameter():
+    model = Net()
+    model.model.tower.requires_grad_(False)
+    kept = apply_train_only(model, [r"model\..*\.bias", r"objective\.prompts\..*"])
+    assert kept == ["model.mit.bias", "objective.prompts.weight", "objective.prompts.bias"]
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == kept
+    assert [n for g in param_groups(model, 0.1) for n in g["param_names"]] == ["objective.prompts.weight",
+                                                                              "model.mit.bias", "objective.prompts.bias"]
+    assert apply_train_only(model, None) == kept  # null: everything trainable stays so
+
+
+@pytest.mark.parametrize("patterns, message", [
+    # model.tower is frozen already: a pattern that matches only frozen parameters trains nothing
+    ([r"objective\..*", r"model\.tower\..*"], r"`train_only\[1\]`: `model\\.tower\\..\*` matches no trainable "
+                                               r"parameter \(trainable: model.mit.weight, model.mit.bias"),
+    ([], r"`train_only`: is empty, so nothing would train"),
+    (["[a-"], r"`train_only\[0\]`: `\[a-` is not a regular expression"),
+])
+def test_train_only_errors_name_the_pattern(patterns, message):
+    model = Net()
+    model.model.tower.requires_grad_(False)
+    before = [n for n, p in model.named_parameters() if p.requires_grad]
+    with pytest.raises(ConfigError, match=message):
+        apply_train_only(model, patterns)
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == before  # nothing frozen on error

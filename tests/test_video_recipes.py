@@ -1,7 +1,7 @@
 """The video recipes train through `omniclip-train` (hydra compose + `omniclip.train`) on generated videos.
 
 Each recipe runs under ``debug=default`` (the 2-block tiny CLIP) on a Kinetics-style ``path label``
-list of tiny PyAV videos, with 4-frame 32-px clips. What is asserted is what each recipe promises:
+list of tiny PyAV videos, with 4-frame 32-px clips and no gradient accumulation. What is asserted is what each recipe promises:
 bridge-and-prompt changes only its prompt tensors (every CLIP weight bit-identical after training),
 the full fine-tune changes both towers (and never the backbone it copied them from), lr groups put
 each parameter at the lr the schedule gives its group, and a ``train_only`` pattern that matches
@@ -46,6 +46,7 @@ def recipe(tmp_path, k400, experiment: str, *overrides: str, out: str = "run", s
             f"experiment=video/{experiment}", "debug=default", f"data.train.root={k400}",
             "data.train.num_frames=4", "data.train.size=32", "data.train.short_side=40",
             f"output_dir={tmp_path / out}", f"anchors.cache_dir={tmp_path / 'anchors'}", f"trainer.max_steps={steps}",
+            "trainer.grad_accum_steps=1",  # the recipes accumulate 16 / 2 micro-batches: 1 keeps tests quick
             *overrides,
         ])
 
