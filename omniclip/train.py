@@ -1,10 +1,13 @@
 """``omniclip-train``: the recipe-driven training command (hydra app).
 
     omniclip-train experiment=pointcloud/vitlens_l_shapenet
+    omniclip-train experiment=video/vificlip_k400         # the modality builds model and objective
     torchrun --nproc-per-node 8 -m omniclip.train experiment=...
     omniclip-train experiment=... debug=default        # CPU-fast smoke run
 
-Running the same command again resumes from the newest checkpoint in ``output_dir``.
+Running the same command again resumes from the newest checkpoint in ``output_dir``. At the end the
+modality exports the trained model (`omniclip.modality.Modality.export_model`): ``<output_dir>/lens``
+for a lens, ``<output_dir>/video`` (``weights.safetensors`` + ``config.json``) for a video model.
 """
 
 from __future__ import annotations
