@@ -84,9 +84,11 @@ def run(cfg: DictConfig) -> TrainResult:
         if trainer.env.is_main:
             exported = recipe_modality(cfg).export_model(model, trainer.objective, model_cfg, cfg.output_dir)
             log.info("%s exported to %s", exported.name, exported)
-        return result
-    finally:
-        cleanup()
+    except BaseException:
+        cleanup()  # no barrier: the other ranks may be inside another collective
+        raise
+    cleanup(synchronize=True)  # every rank got here: tear the group down with its workers idle
+    return result
 
 
 # build_trainer checks every dataset before loading the backbone: no separate preflight.
