@@ -151,7 +151,7 @@ def precompute(cfg: Any) -> dict[str, int]:
     from torch.utils.data import DataLoader
 
     from omniclip.data import SafeDataset, collate_skipping
-    from omniclip.distributed import init_distributed
+    from omniclip.distributed import cleanup, init_distributed
     from omniclip.modality import get_modality
     from omniclip.recipe import build_backbone, build_dataset
     from omniclip.zeroshot import task_classifier
@@ -179,6 +179,7 @@ def precompute(cfg: Any) -> dict[str, int]:
         store.flush()
     counts = {tower: store.misses[tower] for tower in TOWERS}
     print(f"anchors computed: {counts} (cache hits: {store.hits}); cache: {cfg.anchors.cache_dir}")
+    cleanup(synchronize=True)  # under torchrun: every rank done, then an orderly teardown (see `cleanup`)
     return counts
 
 
