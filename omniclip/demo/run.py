@@ -143,7 +143,7 @@ THREADS_HELP = "torch CPU threads (default 1: the tiny models gain little from m
 
 def main(argv: Sequence[str] | None = None) -> int:
     modality = argparse.ArgumentParser(add_help=False)
-    modality.add_argument("--modality", choices=("pointcloud", "audio"), default="pointcloud")
+    modality.add_argument("--modality", choices=("pointcloud", "audio", "video"), default="pointcloud")
     modality.add_argument("--verbose", action="store_true",
                           help="also show dependencies' log lines (open_clip's model-building messages)")
     chosen, rest = modality.parse_known_args(argv)
@@ -152,6 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from omniclip.demo import audio_demo
 
         return audio_demo.main(rest)
+    if chosen.modality == "video":
+        from omniclip.demo import video_demo
+
+        return video_demo.main(rest)
     parser = argparse.ArgumentParser(prog="omniclip-demo", description=__doc__.split("\n\n")[0].replace("``", ""),
                                      parents=[modality])
     mode = parser.add_mutually_exclusive_group()
