@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -396,14 +396,21 @@ class ILAVideoModel(VideoClipModel):
 
     def __init__(self, trunk: ViTTrunk, num_frames: int, temporal: nn.Module,
                  prompts: VideoPromptGenerator | None = None, align_weight: float = 1.0,
-                 text: TextTrunk | None = None) -> None:
-        super().__init__(trunk, text, temporal)
+                 text: TextTrunk | None = None, tokenizer: Callable[[list[str]], torch.Tensor] | None = None) -> None:
+        super().__init__(trunk, text, temporal, tokenizer=tokenizer)
         hooks = [h for h in trunk.block_hooks.values() if isinstance(h, ILABlock)]
         if not hooks:
             raise ConfigError("model.ila", "the trunk has no ILA blocks: build it with `add_ila`")
         self.num_frames = num_frames
         self.prompts = prompts
         self.align_weight = float(align_weight)
+        self.mark_own_tensors()
+
+    @property
+    def conditions_classes(self) -> bool:
+        """Whether class embeddings are per clip (X-CLIP prompts): scoring then goes through
+        `class_logits`, not through one shared classifier."""
+        return self.prompts is not None
 
     def ila_blocks(self) -> list[ILABlock]:
         """The trunk's ILA hooks in block order."""
@@ -488,13 +495,16 @@ def build_ila_model(backbone: ClipBackbone, num_frames: int, hidden: int = 256, 
     The tower stays frozen (ILA trains only its own modules; ``trunk_options`` such as
     ``unlocked_blocks`` are passed to `ClipBackbone.trunk`). ``use_prompts=False`` drops X-CLIP's
     prompt generator: the model then gives plain [B, E] video embeddings for any class objective.
+    The model's text side is CLIP's text tower, frozen (ILA keeps it fixed).
     """
     trunk = backbone.trunk(**dict(trunk_options or {}))
     add_ila(trunk, num_frames, hidden, jitter)
     embed_dim = trunk.embed_dim
     temporal = MultiframeIntegrationTransformer(num_frames, embed_dim, mit_layers)
     prompts = VideoPromptGenerator(trunk.width, embed_dim, prompts_layers, prompts_alpha) if use_prompts else None
-    return ILAVideoModel(trunk, num_frames, temporal, prompts, align_weight)
+    # ILA keeps CLIP's text tower fixed (FIX_TEXT): the backbone's own, shared, as the model's text side
+    return ILAVideoModel(trunk, num_frames, temporal, prompts, align_weight, text=TextTrunk(backbone.model),
+                         tokenizer=backbone.tokenizer)
 
 
 __all__ = [

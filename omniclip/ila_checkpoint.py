@@ -79,8 +79,8 @@ KEYMAP = KeyMap(rules=(
 
 @dataclass
 class ILAClip:
-    """An imported ILA model: the video model, the CLIP text tower and tokenizer, its logit scale
-    and the load report."""
+    """An imported ILA model: the video model (which holds the CLIP text tower and tokenizer as its
+    text side; ``text`` and ``tokenizer`` are the same objects), its logit scale and the load report."""
 
     model: ILAVideoModel
     text: TextTrunk
@@ -91,8 +91,7 @@ class ILAClip:
     def class_features(self, class_names: Sequence[str], template: str = "{}") -> torch.Tensor:
         """Text features [C, E] of the class prompts, not normalised (the prompt generator reads
         them so); ILA trains and tests with the bare class name."""
-        ids = self.tokenizer([template.format(n.replace("_", " ")) for n in class_names])
-        return self.text(ids.to(self.text.positional_embedding.device))
+        return self.model.class_features(class_names, template)
 
     def logits(self, frames: torch.Tensor, class_names: Sequence[str], template: str = "{}") -> torch.Tensor:
         """Clips [B, T, 3, H, W] -> class logits [B, C] as the checkpoint's model computes them."""
@@ -161,7 +160,7 @@ def load_ila(checkpoint: str | Path | Mapping[str, Any], backbone: ClipBackbone,
         target.prompts = prompts
     keymap = KeyMap(rules=KEYMAP.rules, ignore=tuple(ignore)) if ignore else KEYMAP
     report = load_state_dict_strict(target, state, keymap, what=what)
-    model = ILAVideoModel(trunk, num_frames, mit, prompts, align_weight)
+    model = ILAVideoModel(trunk, num_frames, mit, prompts, align_weight, text=text, tokenizer=backbone.tokenizer)
     return ILAClip(model=model.eval(), text=text, tokenizer=backbone.tokenizer,
                    logit_scale=float(clip.logit_scale.detach().exp()), report=report)
 

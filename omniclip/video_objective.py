@@ -1,11 +1,13 @@
 """Class-level training of video models against class text embeddings (ViFi-CLIP, ILA).
 
 When the text side trains (ViFi-CLIP's full fine-tune, bridge-and-prompt's context vectors) the
-class embeddings cannot come from a cache: `ClassText` computes them every step from the
-trainable text side, and `ClassObjective` scores video embeddings against them, cosine times the
-logit scale, with cross-entropy on integer labels or on the soft targets that mixup / cutmix and
-label smoothing make. Both are modules of the objective, so the trainer's optimizer, checkpoints
-and DDP see the text side's parameters with the rest.
+class embeddings cannot come from a cache: `ClassText` computes them every step through the video
+model's own text side (`omniclip.video_model.VideoClipModel.class_features`), and
+`ClassObjective` scores video embeddings against them, cosine times the logit scale, with
+cross-entropy on integer labels or on the soft targets that mixup / cutmix and label smoothing
+make. The text side is the model's: the objective refers to it without registering it, so the
+trainer's optimizer, checkpoints and DDP see each of its tensors once, under ``model.*``, and
+evaluation scores against the same text side that trained.
 
 Class text conditioned per video (X-CLIP / ILA's video-specific prompts): give `ClassObjective` a
 ``conditioner`` mapping the un-normalised class text [C, E] and a clip's context tokens [B, N, E]
@@ -15,46 +17,47 @@ normalised video embedding, then its context tokens), as `omniclip.ila.ILAVideoM
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from omniclip.losses import ClassificationLoss, LogitScale
-from omniclip.prompts import TextPrompts
-from omniclip.text_trunk import TextTrunk
+from omniclip.video_model import VideoClipModel
 
 
 class ClassText(nn.Module):
-    """Normalised class embeddings [C, E] from a text side that may train.
+    """Class embeddings [C, E] of ``class_names`` through ``model``'s text side, every call.
 
-    Either ``prompts`` (learned context, `TextPrompts`) or ``text`` with a ``template`` filled with
-    each class name ("{}" = the bare name, as ViFi-CLIP trains and evaluates).
+    With learned text prompts the prompts are ``"<context> <name>."``; otherwise ``template``
+    filled with each class name ("{}" = the bare name, as ViFi-CLIP evaluates; it trains with
+    "a photo of a {}."), tokenised once. ``model`` is used, not owned (held outside the module
+    tree), so its text weights are saved and optimised once, as the model's.
     """
 
-    def __init__(self, class_names: Sequence[str], text: TextTrunk | None = None,
-                 tokenizer: Callable[[list[str]], torch.Tensor] | None = None, template: str = "{}",
-                 prompts: TextPrompts | None = None) -> None:
+    def __init__(self, class_names: Sequence[str], model: VideoClipModel, template: str = "{}") -> None:
         super().__init__()
-        if (prompts is None) == (text is None):
-            raise ValueError("give either `prompts` or `text` (with a tokenizer)")
+        if getattr(model, "text", None) is None:
+            raise ValueError("the video model has no text side of its own to compute class embeddings with")
         self.class_names = [str(n) for n in class_names]
-        self.prompts = prompts
-        self.text = text
-        if text is not None:
-            if tokenizer is None:
-                raise ValueError("`text` needs its `tokenizer`")
-            ids = tokenizer([template.format(n.replace("_", " ")) for n in self.class_names])
-            self.register_buffer("ids", ids, persistent=False)
+        self.template = template
+        self._model = [model]  # a list: not a submodule
+        if model.text_prompts is None:
+            self.register_buffer("ids", model.class_ids(self.class_names, template), persistent=False)
+
+    @property
+    def model(self) -> VideoClipModel:
+        return self._model[0]
 
     def forward(self, normalize: bool = True) -> torch.Tensor:
         """Class embeddings [C, E]; ``normalize=False`` gives the text tower's raw features, which a
         per-video conditioner reads (X-CLIP conditions them before normalising)."""
-        if self.prompts is not None:
-            features = self.prompts.class_embeddings(self.class_names)
+        model = self.model
+        if model.text_prompts is not None:
+            features = model.text_prompts.class_embeddings(self.class_names)
         else:
-            features = self.text(self.ids)
+            features = model.encode_text(self.ids, normalize=False)
         return F.normalize(features, dim=-1) if normalize else features
 
 

@@ -65,12 +65,7 @@ class ViFiClip:
         With learned text context the prompts are ``"<context> <name>."``; without it, the
         ``template`` filled with each name (ViFi-CLIP evaluates zero-shot with the bare name).
         """
-        if self.text_prompts is not None:
-            features = self.text_prompts.class_embeddings(class_names)
-        else:
-            tokens = self.tokenizer([template.format(n.replace("_", " ")) for n in class_names])
-            features = self.model.text(tokens.to(self.model.text.positional_embedding.device))
-        return torch.nn.functional.normalize(features, dim=-1)
+        return self.model.class_embeddings(class_names, template)
 
 
 def _count(state: Mapping[str, torch.Tensor], pattern: str) -> int:
@@ -115,8 +110,8 @@ def load_vificlip(checkpoint: str | Path | Mapping[str, Any], backbone: ClipBack
                                    depth=text_depth)
         target.text_prompts = text_prompts
     report = load_state_dict_strict(target, state, KEYMAP, what=f"ViFi-CLIP checkpoint {source}")
-    return ViFiClip(model=VideoClipModel(trunk, text), text_prompts=text_prompts, tokenizer=backbone.tokenizer,
-                    report=report)
+    model = VideoClipModel(trunk, text, text_prompts=text_prompts, tokenizer=backbone.tokenizer)
+    return ViFiClip(model=model.eval(), text_prompts=text_prompts, tokenizer=backbone.tokenizer, report=report)
 
 
 __all__ = ["KEYMAP", "ViFiClip", "load_vificlip"]

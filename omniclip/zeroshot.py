@@ -5,8 +5,9 @@
 The same task entries (recipes/eval/*.yaml) drive the trainer's periodic evaluation through
 `make_evaluators`. Class embeddings come from the frozen text tower through the anchor cache,
 so a classifier is computed once per (model, weights, prompt); a model with a text side of its
-own (a video model whose text tower trains, or which learns text prompts) scores against class
-embeddings from that text side instead, computed afresh at every evaluation.
+own (`omniclip.video_model.VideoClipModel`: ``text`` read through ``encode_text``, and learned
+``text_prompts``) scores against class embeddings from that text side instead, computed afresh
+at every evaluation, so in-training evaluation sees the text side as it trains.
 
 Task keys beyond {type, dataset, templates}: ``view_fusion`` (how the views of one file are
 combined: ``embeddings``, their mean embedding, as ViT-Lens does; ``scores``, the mean of the
@@ -168,11 +169,11 @@ def own_text_encoder(
 ) -> Callable[[list[str]], torch.Tensor] | None:
     """Prompts -> embeddings through ``model``'s own text tower, or None when it has none.
 
-    A model carries a text tower (``model.text``, read through ``model.encode_text(ids)``) only
-    when its text side trains or holds prompts (`omniclip.video_model.VideoClipModel`); the
-    frozen tower's cached anchors would then score against the wrong classes, and the cache,
-    keyed by the backbone's weights, cannot see the model's changes. Everything else (lens
-    models, plain functions) has no such tower.
+    A video model carries its text tower (``model.text``, read through ``model.encode_text(ids)``,
+    `omniclip.video_model.VideoClipModel`); when it trains, the frozen tower's cached anchors
+    would score against the wrong classes, and the cache, keyed by the backbone's weights,
+    cannot see the model's changes. Everything else (lens models, plain functions) has no such
+    tower.
     """
     if getattr(model, "text", None) is None or not callable(getattr(model, "encode_text", None)):
         return None

@@ -27,6 +27,7 @@ from omniclip.losses import LogitScale
 from omniclip.modality import default_collate
 from omniclip.text_trunk import TextTrunk
 from omniclip.trainer import Trainer, TrainerConfig
+from omniclip.video_model import VideoClipModel
 from omniclip.video_objective import ClassObjective, ClassText
 
 D, GRID, HIDDEN, T = 64, 4, 16, 3  # tiny backbone: width 64, 32 px / 8 px patches
@@ -533,8 +534,7 @@ def test_ila_trains_through_the_trainer_with_its_alignment_loss(tmp_path):
     backbone = load_backbone("omniclip-tiny")
     torch.manual_seed(9)
     model = build_ila_model(backbone, T, hidden=HIDDEN, align_weight=0.5)
-    objective = ClassObjective(ClassText(CLASSES, text=TextTrunk(backbone.model), tokenizer=backbone.tokenizer),
-                               LogitScale(backbone.logit_scale), conditioner=model.prompts)
+    objective = ClassObjective(ClassText(CLASSES, model), LogitScale(backbone.logit_scale), conditioner=model.prompts)
     cfg = TrainerConfig(max_steps=3, batch_size=4, lr=1e-3, warmup_steps=0, num_workers=0, checkpoint_every=3,
                         log_every=1, progress_bar=False, tensorboard=False)
     trainer = Trainer(cfg, model, objective, Clips(), default_collate, tmp_path)
@@ -574,8 +574,8 @@ def test_class_objective_scores_each_clip_against_its_own_conditioned_classes(ti
     torch.manual_seed(10)
     text = TextTrunk(tiny_backbone.model)
     gen = VideoPromptGenerator(vision_width=D, embed_dim=64, layers=1, alpha=0.5)
-    objective = ClassObjective(ClassText(CLASSES, text=text, tokenizer=tiny_backbone.tokenizer), LogitScale(20.0),
-                               label_smoothing=0.1, conditioner=gen)
+    model = VideoClipModel(tiny_backbone.trunk(), text, tokenizer=tiny_backbone.tokenizer)
+    objective = ClassObjective(ClassText(CLASSES, model), LogitScale(20.0), label_smoothing=0.1, conditioner=gen)
     assert not list(objective.parameters()) or all(not p.requires_grad for p in objective.parameters())
     video, context = F.normalize(torch.randn(2, 64), dim=-1), torch.randn(2, 5, 64)
     labels = torch.tensor([2, 0])
@@ -597,8 +597,7 @@ def test_ila_resumes_exactly_batchnorm_statistics_included(tmp_path):
     def trainer(out):
         torch.manual_seed(11)
         model = build_ila_model(backbone, T, hidden=HIDDEN, use_prompts=False)
-        objective = ClassObjective(ClassText(CLASSES, text=TextTrunk(backbone.model), tokenizer=backbone.tokenizer),
-                                   LogitScale(backbone.logit_scale))
+        objective = ClassObjective(ClassText(CLASSES, model), LogitScale(backbone.logit_scale))
         cfg = TrainerConfig(max_steps=3, batch_size=4, lr=1e-3, warmup_steps=0, num_workers=0, checkpoint_every=2,
                             log_every=1, progress_bar=False, tensorboard=False)
         return Trainer(cfg, model, objective, Clips(), default_collate, out)

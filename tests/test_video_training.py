@@ -1,4 +1,5 @@
-"""Video models train through the one trainer: class-level loss against a text side that trains."""
+"""Video models train through the one trainer: class-level loss against the model's own text side,
+which may train; each trained tensor is the model's and is checkpointed once."""
 
 from __future__ import annotations
 
@@ -35,9 +36,10 @@ class Clips(Dataset):
 def bridge_and_prompt(backbone):
     trunk = backbone.trunk()
     add_vision_prompts(trunk, num_tokens=2, depth=2)
-    prompts = TextPrompts(TextTrunk(backbone.model), backbone.tokenizer, init="a photo of a", depth=2)
-    objective = ClassObjective(ClassText(CLASSES, prompts=prompts), LogitScale(backbone.logit_scale))
-    return VideoClipModel(trunk), objective
+    text = TextTrunk(backbone.model)
+    prompts = TextPrompts(text, backbone.tokenizer, init="a photo of a", depth=2)
+    model = VideoClipModel(trunk, text, text_prompts=prompts)
+    return model, ClassObjective(ClassText(CLASSES, model), LogitScale(backbone.logit_scale))
 
 
 def make_trainer(backbone, out, model_and_objective, **overrides):
@@ -50,8 +52,8 @@ def make_trainer(backbone, out, model_and_objective, **overrides):
 
 def test_class_objective_equals_hand_computed_cross_entropy(tiny_backbone):
     text = TextTrunk(tiny_backbone.model)
-    objective = ClassObjective(ClassText(CLASSES, text=text, tokenizer=tiny_backbone.tokenizer),
-                               LogitScale(50.0), label_smoothing=0.1)
+    model = VideoClipModel(tiny_backbone.trunk(), text, tokenizer=tiny_backbone.tokenizer)
+    objective = ClassObjective(ClassText(CLASSES, model), LogitScale(50.0), label_smoothing=0.1)
     video = F.normalize(torch.randn(4, text.text_projection.shape[1]), dim=-1)
     with torch.no_grad():
         classes = F.normalize(tiny_backbone.model.encode_text(tiny_backbone.tokenizer(CLASSES)), dim=-1)
@@ -74,8 +76,10 @@ def test_bridge_and_prompt_trains_only_the_prompts_and_resumes_exactly(tmp_path)
     torch.manual_seed(0)
     full_trainer = make_trainer(backbone, tmp_path / "full", bridge_and_prompt(backbone))
     trainable = set(full_trainer.trainable_weights())
+    # the deep text prompt is hooked into the text tower too: it is saved once, under the prompts
     assert trainable == {"model.trunk.block_hooks.0.tokens", "model.trunk.block_hooks.1.tokens",
-                         "objective.class_text.prompts.context", "objective.class_text.prompts.deep.1.tokens"}
+                         "model.text_prompts.context", "model.text_prompts.deep.1.tokens"}
+    assert not list(full_trainer.objective.class_text.parameters())  # the objective refers to the model's
     full = full_trainer.fit()
     assert sum(full.losses[-2:]) < sum(full.losses[:2])
     for key, value in backbone.model.state_dict().items():
@@ -94,15 +98,25 @@ def test_full_finetune_trains_both_towers_as_copies(tmp_path):
     backbone = load_backbone("omniclip-tiny")
     trunk = backbone.trunk(unlocked_blocks=2, unlock_class_token=True, unlock_positional_embedding=True)
     text = TextTrunk(backbone.model, unlocked_blocks=-1)
-    objective = ClassObjective(ClassText(CLASSES, text=text, tokenizer=backbone.tokenizer),
+    model = VideoClipModel(trunk, text, tokenizer=backbone.tokenizer)
+    objective = ClassObjective(ClassText(CLASSES, model, template="a photo of a {}."),
                                LogitScale(backbone.logit_scale))
-    trainer = make_trainer(backbone, tmp_path, (VideoClipModel(trunk), objective), lr=1e-3, max_steps=3)
+    trainer = make_trainer(backbone, tmp_path, (model, objective), lr=1e-3, max_steps=3)
     before = {k: v.clone() for k, v in trainer.trainable_weights().items()}
-    assert any(k.startswith("objective.class_text.text.blocks.") for k in before)
-    assert "objective.class_text.text.token_embedding.weight" in before
+    assert any(k.startswith("model.text.blocks.") for k in before)
+    assert "model.text.token_embedding.weight" in before
+    assert not any(k.startswith("objective.") for k in before)  # the text side is saved once, as the model's
     trainer.fit()
     after = trainer.trainable_weights()
-    assert all(not torch.equal(after[k], before[k]) for k in before if "blocks.0.attn" in k)
+    changed = [k for k in before if "blocks.0.attn" in k]
+    assert {k.split(".")[1] for k in changed} == {"trunk", "text"}
+    assert all(not torch.equal(after[k], before[k]) for k in changed)
+    # the class embeddings the objective trains against are the model's own, after training too
+    with torch.no_grad():
+        torch.testing.assert_close(objective.class_text(), model.class_embeddings(CLASSES, "a photo of a {}."))
+        frozen = F.normalize(backbone.model.encode_text(backbone.tokenizer(
+            [f"a photo of a {n}." for n in CLASSES])), dim=-1)
+    assert (objective.class_text() - frozen).abs().max() > 1e-3
 
 
 class _WithAux(torch.nn.Module):

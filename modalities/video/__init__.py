@@ -11,8 +11,9 @@ A video model reads frames through CLIP's image tower, so the modality has no to
 builds its own model and objective from a recipe's ``model`` group (`VideoModality.build_model`,
 `VideoModality.build_objective`): `omniclip.video_model.VideoClipModel` over the image tower
 (frozen, partly unlocked, or trained whole; with vision prompts), trained with
-`omniclip.video_objective.ClassObjective` against class text from a text side that may train
-(the tower, or learned prompts); recipes/model/vificlip*.yaml. Decoding is in `io` (PyAV /
+`omniclip.video_objective.ClassObjective` against class text from the model's own text side,
+which may train (the tower, or learned prompts), and which evaluation and the export
+(`VideoModality.load_export`) use too; recipes/model/vificlip*.yaml. Decoding is in `io` (PyAV /
 torchcodec / decord / frame folders), clip sampling in `sampling`, transforms in `transforms`,
 batch mixup / cutmix in `mixing`, a GPU-feeding loader in `loader`.
 """
@@ -20,6 +21,8 @@ batch mixup / cutmix in `mixing`, a GPU-feeding loader in `loader`.
 from __future__ import annotations
 
 import copy
+import json
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -78,13 +81,14 @@ class VideoModality(Modality):
         return collate_views(samples)
 
     def build_model(self, cfg: DictConfig, backbone: ClipBackbone) -> tuple[VideoClipModel, dict[str, Any]]:
-        """`VideoClipModel` over ``backbone``'s image tower as the recipe's ``model`` group says.
+        """The video model the recipe's ``model`` group describes, on ``backbone``, with its text side.
 
         ``image_tower: trunk`` builds the tower as the ``trunk`` group says (frozen by default;
         unlocked blocks and tokens are copies); ``whole`` trains every weight of it, patch
         embedding, norms and projection included (copied, so the backbone and its anchor cache
         never change): ViFi-CLIP's full fine-tune. ``vision_prompts`` adds learned prompt tokens
-        to the first ``depth`` blocks (bridge-and-prompt). The text side is the objective's.
+        to the first ``depth`` blocks (bridge-and-prompt). The text side (`text_side`) is the
+        model's too, so training, evaluation and the export all use the same one.
         """
         section = model_section(cfg)
         trunk_cfg = OmegaConf.to_container(cfg.trunk, resolve=True)
@@ -108,61 +112,31 @@ class VideoModality(Modality):
                 raise ConfigError(f"model.vision_prompts.{unknown[0]}", "unknown key (known: num_tokens, depth)")
             with config_scope("model.vision_prompts"):
                 add_vision_prompts(trunk, num_tokens=int(prompts["num_tokens"]), depth=int(prompts["depth"]))
+        text, class_prompts = text_side(section, backbone)
+        model = VideoClipModel(trunk, text, text_prompts=class_prompts, tokenizer=backbone.tokenizer)
+        _remember(backbone, model)
         model_cfg = {"modality": self.name, "model": section, "trunk": trunk_cfg,
                      "backbone": {"name": backbone.name, "pretrained": backbone.pretrained}}
-        return VideoClipModel(trunk), model_cfg
+        return model, model_cfg
 
     def build_objective(self, cfg: DictConfig, backbone: ClipBackbone, anchors: AnchorStore,
-                        dataset: Dataset | None = None) -> ClassObjective:
+                        dataset: Dataset | None = None, model: VideoClipModel | None = None) -> ClassObjective:
         """Cosine cross-entropy against the training dataset's classes (`ClassObjective`), whose
-        text embeddings come, every step, from a text side that may train (`ClassText`).
+        text embeddings come, every step, from the model's own text side (`ClassText`).
 
-        The text side is ``model.text_prompts`` (learned context through the tower) or the text
-        tower with ``model.template``, frozen, with its first blocks unlocked, or ``whole``.
-        ``loss`` gives the scale (null: CLIP's), ``learnable_scale`` and ``label_smoothing``.
-        In-training evaluation scores against the *frozen* text tower's cached class features,
-        so with a text side that trains an ``eval`` task is refused rather than misreported.
+        ``model`` is the video model the objective trains; by default the one `build_model` last
+        built on ``backbone`` (`omniclip.train.build_trainer` builds the model, then the objective).
+        The class prompts are ``model.template`` (without text prompts). ``loss`` gives the scale
+        (null: CLIP's), ``learnable_scale`` and ``label_smoothing``.
         """
         section = model_section(cfg)
         names = getattr(dataset, "class_names", None)
         if not names:
             raise ConfigError("data.train.classes", "the video model trains against class text, so the training "
                                                     "dataset must name its classes (set `classes`)")
-        text_tower = section.get("text_tower", "frozen")
-        if text_tower == "frozen":
-            unlocked = 0
-        elif text_tower == "whole":
-            unlocked = -1
-        elif isinstance(text_tower, int) and not isinstance(text_tower, bool):
-            unlocked = text_tower
-        else:
-            raise ConfigError("model.text_tower", f"`{text_tower}` is not `frozen`, `whole` or a number of blocks")
-        with config_scope("model"):
-            try:
-                text = TextTrunk(backbone.model, unlocked_blocks=unlocked)
-            except ConfigError as error:
-                raise ConfigError("model.text_tower", error.problem) from None
-        if unlocked == -1 and not section.get("train_token_embedding", False):
-            # ViFi-CLIP embeds its prompts once, with the base CLIP's word embedding: it never trains
-            text.token_embedding.requires_grad_(False)
-        prompt_cfg = section.get("text_prompts")
+        model = model if model is not None else _model_built_on(backbone)
         template = section.get("template")
-        if prompt_cfg:
-            if template is not None:
-                raise ConfigError("model.template", "is not used with model.text_prompts (the prompts read "
-                                                    "`<context> <name>.`): set it to null")
-            class_text = ClassText(names, prompts=text_prompts(text, backbone, prompt_cfg))
-        else:
-            template = "{}" if template is None else str(template)
-            if "{}" not in template:
-                raise ConfigError("model.template", f"`{template}` has no `{{}}` for the class name")
-            class_text = ClassText(names, text=text, tokenizer=backbone.tokenizer, template=template)
-        tasks = OmegaConf.to_container(cfg.eval, resolve=True).get("tasks") or {}
-        trains_text = bool(prompt_cfg) or unlocked != 0
-        if tasks and trains_text:
-            raise ConfigError("eval.tasks", f"in-training evaluation ({', '.join(tasks)}) scores videos against the "
-                                            "frozen CLIP text tower's cached class features, but this model trains its "
-                                            "text side: use eval=none and evaluate the export")
+        class_text = ClassText(names, model, template="{}" if template is None else str(template))
         loss = OmegaConf.to_container(cfg.loss, resolve=True)
         unknown = sorted(set(loss) - {"scale", "learnable_scale", "label_smoothing"})
         if unknown:
@@ -171,19 +145,74 @@ class VideoModality(Modality):
         scale = loss.get("scale") or backbone.logit_scale
         with config_scope("loss"):
             return ClassObjective(class_text, LogitScale(scale, learnable=bool(loss.get("learnable_scale", False))),
-                                  label_smoothing=float(loss.get("label_smoothing", 0.0)))
+                                  label_smoothing=float(loss.get("label_smoothing", 0.0)),
+                                  conditioner=getattr(model, "prompts", None))
 
     def export_model(self, model: nn.Module, objective: nn.Module, model_cfg: Mapping[str, Any],
                      output_dir: str | Path) -> Path:
-        """``<output_dir>/video``: ``weights.safetensors`` with every trained tensor, under the
-        names the trainer's checkpoints use (``model.*``: image tower parts and vision prompts;
-        ``objective.*``: the text side and a learned scale), and ``config.json`` (``model``:
-        the model config; ``class_names``: the training classes). Everything frozen is the
-        backbone's own, named in the config."""
+        """``<output_dir>/video``: ``weights.safetensors`` with every tensor the model owns
+        (``model.*``, `VideoClipModel.trainable_state_dict`: image tower parts, prompts, the text
+        side when it trains, ILA's modules and statistics) and the objective's trained ones
+        (``objective.*``: a learned scale), under the names the trainer's checkpoints use, and
+        ``config.json`` (``model``: the model config; ``class_names``: the training classes).
+        Everything else is the backbone's own, named in the config; `load_export` rebuilds it."""
         weights = {f"model.{k}": v for k, v in model.trainable_state_dict().items()}
         weights.update({f"objective.{k}": p.detach() for k, p in objective.named_parameters() if p.requires_grad})
         class_names = list(getattr(getattr(objective, "class_text", None), "class_names", []) or [])
         return write_export(Path(output_dir) / "video", weights, {"model": dict(model_cfg), "class_names": class_names})
+
+    def load_export(self, path: str | Path, device: torch.device | str = "cpu", backbone: ClipBackbone | None = None,
+                    backbone_pretrained: str | None = None) -> tuple[VideoClipModel, ClipBackbone, dict[str, Any]]:
+        """Rebuild the model `export_model` wrote to ``path`` (``<run>/video``) and load its weights
+        strictly; returns (model in eval mode, backbone, model config).
+
+        The model is built from the recorded ``model`` and ``trunk`` groups on the recorded
+        backbone (or ``backbone``; or its weights from ``backbone_pretrained``), exactly as in
+        training, so every exported ``model.*`` tensor must find its place and every tensor the
+        model owns must be in the file.
+        """
+        from safetensors.torch import load_file
+
+        from omniclip.backbone import load_backbone
+
+        path = Path(path)
+        config_file, weights_file = path / "config.json", path / "weights.safetensors"
+        for needed in (config_file, weights_file):
+            if not needed.is_file():
+                raise FileNotFoundError(f"{needed}: missing (a video export holds config.json and "
+                                        "weights.safetensors, as omniclip-train writes to <run>/video)")
+        config = json.loads(config_file.read_text())
+        model_cfg = config.get("model", config)
+        if model_cfg.get("modality") != self.name or "model" not in model_cfg:
+            raise ConfigError("checkpoint", f"{config_file} is not a video model export (modality "
+                                            f"`{model_cfg.get('modality')}`)")
+        if backbone is None:
+            spec = model_cfg.get("backbone") or {}
+            with config_scope("backbone"):
+                backbone = load_backbone(spec["name"], backbone_pretrained or spec.get("pretrained"), device=device)
+        recipe = OmegaConf.create({"model": model_cfg["model"], "trunk": model_cfg.get("trunk") or {}})
+        model, _ = self.build_model(recipe, backbone)
+        weights = load_file(str(weights_file))
+        state = {k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")}
+        model.load_trainable_state_dict(state, source=str(weights_file))
+        return model.to(device).eval(), backbone, model_cfg
+
+
+_BUILT: dict[int, tuple[weakref.ref, weakref.ref]] = {}
+
+
+def _remember(backbone: ClipBackbone, model: VideoClipModel) -> None:
+    """Note the model built on ``backbone``, for the objective built next (`build_objective`)."""
+    _BUILT[id(backbone)] = (weakref.ref(backbone), weakref.ref(model))
+
+
+def _model_built_on(backbone: ClipBackbone) -> VideoClipModel:
+    entry = _BUILT.get(id(backbone))
+    model = entry[1]() if entry is not None and entry[0]() is backbone else None
+    if model is None:
+        raise ValueError("the video objective reads class text through the video model: build the model "
+                         "first (VideoModality.build_model) or pass `model=`")
+    return model
 
 
 def model_section(cfg: DictConfig) -> dict[str, Any]:
@@ -213,6 +242,42 @@ def whole_image_tower(backbone: ClipBackbone, trunk_cfg: Mapping[str, Any]) -> V
         trunk.proj = maybe_copy(trunk.proj, True)
         trunk.proj.requires_grad_(True)
     return trunk
+
+
+def text_side(section: Mapping[str, Any], backbone: ClipBackbone) -> tuple[TextTrunk, TextPrompts | None]:
+    """The model's text tower and learned text prompts from the ``model`` group.
+
+    ``text_tower``: ``frozen`` (the backbone's own tower, shared), a number of first blocks that
+    train (copies), or ``whole`` (a trained copy; its word embedding stays frozen unless
+    ``train_token_embedding``, as ViFi-CLIP embeds its prompts once). ``text_prompts``: learned
+    context (`text_prompts`), with ``template`` null.
+    """
+    text_tower = section.get("text_tower", "frozen")
+    if text_tower == "frozen":
+        unlocked = 0
+    elif text_tower == "whole":
+        unlocked = -1
+    elif isinstance(text_tower, int) and not isinstance(text_tower, bool):
+        unlocked = text_tower
+    else:
+        raise ConfigError("model.text_tower", f"`{text_tower}` is not `frozen`, `whole` or a number of blocks")
+    with config_scope("model"):
+        try:
+            text = TextTrunk(backbone.model, unlocked_blocks=unlocked)
+        except ConfigError as error:
+            raise ConfigError("model.text_tower", error.problem) from None
+    if unlocked == -1 and not section.get("train_token_embedding", False):
+        text.token_embedding.requires_grad_(False)
+    prompt_cfg = section.get("text_prompts")
+    template = section.get("template")
+    if prompt_cfg:
+        if template is not None:
+            raise ConfigError("model.template", "is not used with model.text_prompts (the prompts read "
+                                                "`<context> <name>.`): set it to null")
+        return text, text_prompts(text, backbone, prompt_cfg)
+    if template is not None and "{}" not in str(template):
+        raise ConfigError("model.template", f"`{template}` has no `{{}}` for the class name")
+    return text, None
 
 
 def text_prompts(text: TextTrunk, backbone: ClipBackbone, cfg: Mapping[str, Any]) -> TextPrompts:
