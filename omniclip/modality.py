@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # the model and objective modules import this one
 
     from omniclip.anchors import AnchorStore
     from omniclip.backbone import ClipBackbone
+    from omniclip.trainer import BatchTransform
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,18 @@ class Modality:
                 label_smoothing=float(loss.get("label_smoothing", 0.0)),
                 same_text_is_positive=bool(loss.get("same_text_is_positive", True)),
             )
+
+    def build_batch_transform(self, cfg: "DictConfig", dataset: Dataset | None = None) -> "BatchTransform | None":
+        """The transform the trainer applies to every training micro-batch on the device, before
+        the forward (`omniclip.trainer.BatchTransform`: ``(batch, generator) -> batch``), or None.
+
+        For augmentation that needs the whole batch (mixup, cutmix): it cannot run per sample in
+        the dataset, and on the accelerator it costs nothing the loader would feel. Its
+        randomness must come from the generator it is handed, which the trainer checkpoints, so
+        resume stays exact. ``dataset`` is the training dataset (its ``class_names`` for soft
+        targets). The default is None: batches train as the loader made them.
+        """
+        return None
 
     def export_model(self, model: nn.Module, objective: nn.Module, model_cfg: Mapping[str, Any],
                      output_dir: str | Path) -> Path:

@@ -53,6 +53,7 @@ def build_trainer(cfg: DictConfig, env: DistEnv | None = None) -> tuple[Trainer,
     modality = recipe_modality(cfg)
     image_transform = DeferredTransform()  # the backbone's preprocessing, bound once it has loaded
     dataset = train_dataset(cfg, modality, image_transform)
+    batch_transform = modality.build_batch_transform(cfg, dataset)  # a bad mixing key fails here, early
     eval_cfg = OmegaConf.to_container(cfg.eval, resolve=True)
     eval_sets = eval_datasets(modality, eval_cfg, recipe_tokenizer(cfg))
     env = env or init_distributed(cfg.get("device"))
@@ -67,7 +68,7 @@ def build_trainer(cfg: DictConfig, env: DistEnv | None = None) -> tuple[Trainer,
     trainer_cfg.eval_every = eval_cfg.get("every")
     run_config = {"model": model_cfg, "recipe": OmegaConf.to_container(cfg, resolve=True)}
     trainer = Trainer(trainer_cfg, model, objective, dataset, modality.collate, cfg.output_dir, env=env,
-                      evaluators=evaluators, run_config=run_config)
+                      evaluators=evaluators, run_config=run_config, batch_transform=batch_transform)
     return trainer, model, model_cfg
 
 

@@ -9,6 +9,10 @@ Exact resume: the checkpoint holds the trainable weights, optimizer, scheduler, 
 RNG states, the sampler position and the skip counter. Samples draw their augmentation
 randomness from (seed, epoch, index) alone (`omniclip.data.SeededDataset`), so a run stopped
 at step k and resumed produces the same batches and losses as one that never stopped.
+
+Batch transforms (mixup / cutmix: `omniclip.modality.Modality.build_batch_transform`) act on
+whole batches, on the device, after the loader: per-sample seeding cannot cover them, so they
+draw from a generator the trainer owns, seeded from ``seed`` and the rank and checkpointed.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -56,6 +61,10 @@ from omniclip.state import (
 log = logging.getLogger(__name__)
 
 Evaluator = Callable[[nn.Module], Mapping[str, float]]
+#: ``transform(batch, generator) -> batch``, applied to every training micro-batch on the device
+#: before the forward; all its randomness must come from ``generator`` (a CPU generator the
+#: trainer seeds and checkpoints), or resume is no longer exact.
+BatchTransform = Callable[[dict[str, Any], torch.Generator], dict[str, Any]]
 
 
 class NonFiniteLossError(OmniclipError, RuntimeError):
@@ -150,6 +159,9 @@ class Trainer:
         output_dir: checkpoints, logs and ``metrics.jsonl`` go here (one directory for all ranks).
         evaluators: name -> callable(model) -> metrics, run every ``eval_every`` steps and at the end.
         run_config: the resolved recipe, saved with each checkpoint and compared on resume.
+        batch_transform: applied to each micro-batch after it reaches the device and before the
+            forward (`BatchTransform`): batch-level augmentation such as mixup / cutmix, which
+            needs the whole batch and is cheapest on the accelerator.
     """
 
     def __init__(
@@ -163,6 +175,7 @@ class Trainer:
         env: DistEnv | None = None,
         evaluators: Mapping[str, Evaluator] | None = None,
         run_config: Mapping[str, Any] | None = None,
+        batch_transform: BatchTransform | None = None,
     ) -> None:
         self.cfg = cfg
         self.env = env or DistEnv(rank=0, local_rank=0, world_size=1, backend=None, device=torch.device("cpu"))
@@ -208,6 +221,11 @@ class Trainer:
         self.skipped_steps = 0
         self._consecutive_nonfinite = 0
         self._carry: dict[str, Any] | None = None  # samples drawn for the next batch (refill)
+        self.batch_transform = batch_transform
+        # A CPU generator: the transform draws a few scalars and a permutation per batch, and a
+        # CPU state resumes on any device. Seeded per rank so that ranks mix independently.
+        seed_words = np.random.SeedSequence([cfg.seed, self.env.rank, 0x6D6978]).generate_state(1, np.uint64)
+        self.batch_generator = torch.Generator().manual_seed(int(seed_words[0]))
         self._saved_step: int | None = None
         self._stop_signal: int | None = None
         self._writer = None
@@ -236,12 +254,14 @@ class Trainer:
             )
         rng_states = all_gather_object(capture_rng_state())  # one per rank, restored per rank
         data_states = all_gather_object(self._data_state())
+        transform_rng = all_gather_object(self.batch_generator.get_state())
         if self.env.is_main:
             state = {
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "rng": rng_states,
                 "data": data_states,
+                "batch_transform_rng": transform_rng,
                 "skipped_steps": self.skipped_steps,
                 "consecutive_nonfinite": self._consecutive_nonfinite,
                 "trainer_config": _jsonable(asdict(self.cfg)),
@@ -297,6 +317,7 @@ class Trainer:
         self.skipped_steps = int(state["skipped_steps"])
         self._consecutive_nonfinite = int(state.get("consecutive_nonfinite", 0))
         restore_rng_state(state["rng"][self.env.rank])
+        self._restore_batch_generator(state.get("batch_transform_rng"), path)
         self._saved_step = self.step
         self._truncate_metrics(self.step)
         applied = check.applied()
@@ -304,6 +325,16 @@ class Trainer:
             log.warning(applied)
         log.info("resumed from %s at step %d", path, self.step)
         return path
+
+    def _restore_batch_generator(self, states: list[torch.Tensor] | None, path: Path) -> None:
+        """This rank's batch-transform generator as the checkpoint left it (its draws continue
+        where the stopped run's would have)."""
+        if states is None:  # written before the trainer had the hook
+            if self.batch_transform is not None:
+                log.warning("%s holds no batch-transform generator state: mixing continues from the seed, so "
+                            "this resumed run is not bit-identical to an uninterrupted one", path)
+            return
+        self.batch_generator.set_state(states[self.env.rank])
 
     def _set_schedule_step(self, step: int) -> None:
         """Put the scheduler (a pure function of the step) and every group's lr at ``step``."""
@@ -455,6 +486,8 @@ class Trainer:
                     raise _StopBeforeStep() from None
                 raise
             num_samples += batch_size_of(batch)
+            if self.batch_transform is not None:  # per micro-batch: each mixes within itself
+                batch = self.batch_transform(batch, self.batch_generator)
             sync = micro == cfg.grad_accum_steps - 1
             context = module.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
             with context:
@@ -736,4 +769,4 @@ def trainer_config_from(cfg: Mapping[str, Any]) -> TrainerConfig:
     return TrainerConfig(**dict(cfg))
 
 
-__all__ = ["Trainer", "TrainerConfig", "TrainResult", "NonFiniteLossError", "trainer_config_from"]
+__all__ = ["BatchTransform", "Trainer", "TrainerConfig", "TrainResult", "NonFiniteLossError", "trainer_config_from"]
