@@ -210,6 +210,39 @@ def collect_view_embeddings(
     return F.normalize(all_emb, dim=-1), all_labels, group_ids, paths
 
 
+def collect_class_scores(
+    score_fn: Callable[[Tensor], Tensor],
+    model: nn.Module,
+    loader: Iterable[dict],
+    device: torch.device | str,
+) -> tuple[Tensor, Tensor | None, Tensor, list[str]]:
+    """Class scores [N, C] of every view, ``score_fn(batch["inputs"])``, with ``model`` in eval mode
+    (restored afterwards), their labels, group ids (each row its own group when the batches
+    carry none) and paths: for models whose class embeddings differ per clip, which give scores,
+    not embeddings to compare with one classifier."""
+    with eval_mode(model):
+        scores, labels, group_ids, paths = _collect(lambda batch: score_fn(batch["inputs"]), loader, device)
+    if group_ids is None:
+        group_ids = torch.arange(scores.shape[0], device=scores.device)
+    return scores, labels, group_ids, paths
+
+
+def fuse_view_scores_of(
+    cosines: Tensor,
+    labels: Tensor | None,
+    group_ids: Tensor,
+    logit_scale: float,
+    paths: list[str] | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """`fuse_view_scores` from the views' cosines [N, C] themselves: the mean per group of
+    ``softmax(logit_scale * cosines)``."""
+    if not logit_scale > 0:
+        raise ValueError(f"logit_scale must be positive, got {logit_scale}")
+    probs = (logit_scale * cosines.float()).softmax(dim=-1)
+    clip_paths = paths if paths is not None and len(paths) == probs.shape[0] else None
+    return _average_groups(probs, labels, group_ids.to(probs.device).long(), clip_paths)
+
+
 def fuse_view_scores(
     embeddings: Tensor,
     labels: Tensor | None,
@@ -234,10 +267,8 @@ def fuse_view_scores(
     if not logit_scale > 0:
         raise ValueError(f"logit_scale must be positive, got {logit_scale}")
     classifier = F.normalize(classifier.to(embeddings.device).float(), dim=-1)
-    logits = logit_scale * (F.normalize(embeddings.float(), dim=-1) @ classifier.T)
-    probs = logits.softmax(dim=-1)
-    clip_paths = paths if paths is not None and len(paths) == probs.shape[0] else None
-    return _average_groups(probs, labels, group_ids.to(probs.device).long(), clip_paths)
+    cosines = F.normalize(embeddings.float(), dim=-1) @ classifier.T
+    return fuse_view_scores_of(cosines, labels, group_ids, logit_scale, paths)
 
 
 def score_metrics(scores: Tensor, labels: Tensor, multilabel: bool = False) -> dict[str, float]:

@@ -1,6 +1,9 @@
-"""Zero-shot evaluation of a lens model: classification by class-name prompts, and retrieval.
+"""Zero-shot evaluation of a trained model: classification by class-name prompts, and retrieval.
 
     omniclip-zeroshot checkpoint=runs/<run>/lens eval=<tasks>
+    omniclip-zeroshot checkpoint=runs/<run>/video eval=ucf101          # a trained video model
+    omniclip-zeroshot checkpoint=vifi_clip.pth checkpoint_format=vificlip trust_pickle=true eval=hmdb51
+    omniclip-zeroshot checkpoint=ila_b16_8f.pth checkpoint_format=ila trust_pickle=true eval=kinetics400
 
 The same task entries (recipes/eval/*.yaml) drive the trainer's periodic evaluation through
 `make_evaluators`. Class embeddings come from the frozen text tower through the anchor cache,
@@ -36,11 +39,13 @@ from omniclip.errors import ConfigError
 from omniclip.evaluation import (
     EvalResult,
     build_classifier,
+    collect_class_scores,
     collect_embeddings,
     collect_view_embeddings,
     eval_mode,
     format_results_table,
     fuse_view_scores,
+    fuse_view_scores_of,
     save_results,
     score_metrics,
     zero_shot_classification,
@@ -97,7 +102,10 @@ def evaluate_task(
     skipped: list[tuple[str, str]] = []
     batches = _usable_batches(loader, skipped)
     fusion, scale = _view_fusion(task, key)
-    if kind == "classification":
+    if kind == "classification" and getattr(model, "conditions_classes", False):
+        metrics = _conditioned_classification(model, modality, dataset, task, batches, fusion, scale, key, device,
+                                              anchors.backbone.logit_scale)
+    elif kind == "classification":
         classifier = task_classifier(modality, dataset, task, anchors, key, model=model, device=device)
         multilabel = bool(getattr(dataset, "multilabel", False))
         if fusion == "scores":
@@ -136,21 +144,26 @@ def evaluate_task(
     return metrics
 
 
+def task_class_names(modality: Modality, dataset: Any, task: Mapping[str, Any], key: str = "eval") -> list[str]:
+    """The class names of a classification task: the dataset's own, else the modality's shipped list."""
+    class_names = getattr(dataset, "class_names", None)
+    if class_names is None:
+        if "name" not in task["dataset"]:
+            raise ConfigError(f"{key}.dataset.name", "needed to look up the class names")
+        class_names = modality.class_names(task["dataset"]["name"])
+    return list(class_names)
+
+
 def task_classifier(
     modality: Modality, dataset: Any, task: Mapping[str, Any], anchors: AnchorStore, key: str = "eval",
     model: Any = None, device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Class embeddings [C, E] of a classification task: its class names x the modality's templates.
 
-    They come from ``model``'s own text side when it has one (`own_text_encoder`), else from the
-    frozen text tower through the anchor cache.
+    They come from ``model``'s own text side when it has one (learned ``text_prompts``, else
+    `own_text_encoder`), else from the frozen text tower through the anchor cache.
     """
-    class_names = getattr(dataset, "class_names", None)
-    if class_names is None:
-        if "name" not in task["dataset"]:
-            raise ConfigError(f"{key}.dataset.name", "needed to look up the class names")
-        class_names = modality.class_names(task["dataset"]["name"])
-    class_names = list(class_names)
+    class_names = task_class_names(modality, dataset, task, key)
     templates = modality.template_set(task.get("templates"))
     prompts = getattr(model, "text_prompts", None)
     if prompts is not None:
@@ -184,6 +197,37 @@ def own_text_encoder(
         return model.encode_text(tokenizer(list(prompts)).to(device))
 
     return encode
+
+
+def _conditioned_classification(
+    model: Any, modality: Modality, dataset: Any, task: Mapping[str, Any], batches: Any, fusion: str,
+    scale: float | None, key: str, device: torch.device | str, default_scale: float,
+) -> dict[str, Any]:
+    """Metrics of a model whose class embeddings are conditioned on each clip (ILA / X-CLIP prompts).
+
+    No classifier is shared by the clips, so each view is scored through ``model.class_logits``
+    (cosines against its own class embeddings) from the model's raw class text features, the
+    mean over the task's templates of ``model.class_features`` (one template, the bare name, is
+    X-CLIP's and ILA's protocol). ``view_fusion: scores`` averages the views' softmax scores at
+    ``logit_scale`` (default: the backbone's, which a published checkpoint sets); ``embeddings``
+    applies only when every video has one view, whose cosines are then its scores.
+    """
+    class_names = task_class_names(modality, dataset, task, key)
+    templates = modality.template_set(task.get("templates"))
+    with eval_mode(model), torch.no_grad():
+        features = torch.stack([model.class_features(class_names, t).float() for t in templates]).mean(0)
+    cosines, labels, groups, paths = collect_class_scores(
+        lambda inputs: model.class_logits(inputs, features.to(inputs.device), 1.0), model, batches, device)
+    if labels is None:
+        raise ConfigError(f"{key}.dataset", "a classification dataset must give `label` for each sample")
+    multilabel = bool(getattr(dataset, "multilabel", False))
+    if fusion == "scores":
+        scores, labels = fuse_view_scores_of(cosines, labels, groups, default_scale if scale is None else scale, paths)
+        return score_metrics(scores, labels, multilabel)
+    if groups.unique().numel() != groups.numel():
+        raise ConfigError(f"{key}.view_fusion", "this model conditions its class text on each clip, so several views "
+                          "of a video have no shared embedding to average: use `view_fusion: scores`")
+    return score_metrics(cosines, labels, multilabel)
 
 
 def _usable_batches(loader: DataLoader, skipped: list[tuple[str, str]]):
@@ -224,10 +268,69 @@ def make_evaluators(
     return {name: bind(name, task) for name, task in tasks.items()}
 
 
-def run(cfg: DictConfig) -> list[EvalResult]:
-    """Evaluate ``cfg.checkpoint`` on every task of ``cfg.eval``; write JSON and print a table."""
+#: ``checkpoint_format`` values: a folder omniclip wrote, or a published training file.
+CHECKPOINT_FORMATS = ("export", "vificlip", "ila")
+#: The base CLIP of the published ViFi-CLIP and ILA checkpoints (their towers' layout, and the
+#: word embedding ViFi-CLIP does not save).
+PUBLISHED_BACKBONE = ("ViT-B-16-quickgelu", "openai")
+
+
+def checkpoint_format(cfg: Mapping[str, Any]) -> str:
+    """``cfg.checkpoint_format``, checked, with the checkpoint's existence: offline, a missing file
+    must fail before anything loads, on one line."""
+    fmt = cfg.get("checkpoint_format") or "export"
+    if fmt not in CHECKPOINT_FORMATS:
+        raise ConfigError("checkpoint_format", f"`{fmt}` is not one of {', '.join(CHECKPOINT_FORMATS)}")
+    path = Path(cfg.checkpoint)
+    if fmt != "export" and not path.is_file():
+        raise ConfigError("checkpoint", f"{path}: no such file (checkpoint_format={fmt} reads a published "
+                                        "training file, e.g. vifi_clip_10_epochs_k400_full_finetuned.pth)")
+    return fmt
+
+
+def load_eval_model(cfg: Mapping[str, Any], device: torch.device) -> tuple[nn.Module, Any, Modality, str]:
+    """The model ``cfg.checkpoint`` holds, in eval mode, its backbone, modality and a label for
+    records.
+
+    ``checkpoint_format``: ``export`` reads a folder omniclip wrote, whose config.json names the
+    modality: a lens (`omniclip.model.load_lens_model`) or a video model (``<run>/video``, rebuilt
+    by its modality's ``load_export`` and loaded strictly). ``vificlip`` and ``ila`` read a
+    published training file (`omniclip.vificlip.load_vificlip`, `omniclip.ila_checkpoint.load_ila`;
+    ``trust_pickle`` for their pickled configs) into the base CLIP ``backbone_name`` /
+    ``backbone_pretrained`` (default: OpenAI ViT-B/16); ILA's class text is then conditioned per
+    clip and scored through its ``class_logits``.
+    """
+    from omniclip.backbone import load_backbone
     from omniclip.model import load_lens_model
 
+    fmt = checkpoint_format(cfg)
+    pretrained = cfg.get("backbone_pretrained")
+    if fmt == "export":
+        modality = get_modality(checkpoint_config(cfg.checkpoint)["modality"])
+        load_export = getattr(modality, "load_export", None)
+        if callable(load_export):
+            model, backbone, _ = load_export(cfg.checkpoint, device=device, backbone_pretrained=pretrained)
+        else:
+            model, backbone, _ = load_lens_model(cfg.checkpoint, backbone_pretrained=pretrained, device=device)
+        return model, backbone, modality, f"{backbone.name}:{backbone.pretrained or 'random'}"
+    name = cfg.get("backbone_name") or PUBLISHED_BACKBONE[0]
+    if pretrained is None and not cfg.get("backbone_name"):
+        pretrained = PUBLISHED_BACKBONE[1]
+    backbone = load_backbone(name, pretrained, device=device)
+    trust = bool(cfg.get("trust_pickle", False))
+    if fmt == "vificlip":
+        from omniclip.vificlip import load_vificlip
+
+        model = load_vificlip(cfg.checkpoint, backbone, trust_pickle=trust).model
+    else:
+        from omniclip.ila_checkpoint import load_ila
+
+        model = load_ila(cfg.checkpoint, backbone, trust_pickle=trust).model
+    return model.to(device).eval(), backbone, get_modality("video"), f"{fmt}:{Path(cfg.checkpoint).name}"
+
+
+def run(cfg: DictConfig) -> list[EvalResult]:
+    """Evaluate ``cfg.checkpoint`` on every task of ``cfg.eval``; write JSON and print a table."""
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     checkpoint = Path(cfg.checkpoint)
     eval_cfg = OmegaConf.to_container(cfg.eval, resolve=True)
@@ -236,16 +339,17 @@ def run(cfg: DictConfig) -> list[EvalResult]:
     check_summaries(eval_cfg.get("summaries"), list(eval_cfg["tasks"]))
     # The data first (the checkpoint's config names the modality): a missing dataset fails
     # before any weights load.
-    model_cfg = checkpoint_config(checkpoint)
-    modality = get_modality(model_cfg["modality"])
-    datasets = eval_datasets(modality, eval_cfg, model_cfg.get("tokenizer") or {})
-    model, backbone, _ = load_lens_model(checkpoint, backbone_pretrained=cfg.get("backbone_pretrained"),
-                                         device=device)
+    if checkpoint_format(cfg) == "export":
+        model_cfg = checkpoint_config(checkpoint)
+        modality, tokenizer_cfg = get_modality(model_cfg["modality"]), model_cfg.get("tokenizer") or {}
+    else:
+        modality, tokenizer_cfg = get_modality("video"), {}
+    datasets = eval_datasets(modality, eval_cfg, tokenizer_cfg)
+    model, backbone, modality, model_name = load_eval_model(cfg, device)
     anchors = AnchorStore(backbone, cfg.anchors.get("cache_dir"), int(cfg.anchors.get("batch_size", 256)))
     evaluators = make_evaluators(modality, eval_cfg, anchors, device, int(cfg.num_workers), cfg.bad_samples,
                                  datasets)
     results = []
-    model_name = f"{backbone.name}:{backbone.pretrained or 'random'}"
     by_task: dict[str, dict[str, Any]] = {}
     for name, evaluator in evaluators.items():
         metrics = evaluator(model)
@@ -260,7 +364,12 @@ def run(cfg: DictConfig) -> list[EvalResult]:
             task=kind, dataset=name, modality=modality.name, model=model_name, checkpoint=str(checkpoint),
             metrics=metrics, num_samples=int(metrics.get("num_samples", 0)), extras={"of": parts},
         ))
-    output = Path(cfg.output) if cfg.get("output") else checkpoint / "zeroshot.json"
+    if cfg.get("output"):
+        output = Path(cfg.output)
+    elif checkpoint.is_file():  # a published file: results beside it
+        output = checkpoint.with_name(f"{checkpoint.stem}.zeroshot.json")
+    else:
+        output = checkpoint / "zeroshot.json"
     save_results(results, output)
     print(format_results_table(results))
     print(f"results written to {output}")
@@ -269,8 +378,9 @@ def run(cfg: DictConfig) -> list[EvalResult]:
 
 # run checks every dataset before loading the checkpoint: no separate preflight.
 main = hydra_entry("zeroshot", run, preflight=None, description=(
-    "Zero-shot classification and retrieval with a trained or converted lens (checkpoint=<lens folder>) on "
-    "the tasks of an eval group (eval=NAME); prints a table and writes JSON beside the checkpoint."))
+    "Zero-shot classification and retrieval with a trained or converted lens (checkpoint=<lens folder>), a "
+    "trained video model (checkpoint=<run>/video) or a published ViFi-CLIP / ILA file (checkpoint_format=vificlip "
+    "or ila) on the tasks of an eval group (eval=NAME); prints a table and writes JSON beside the checkpoint."))
 
 
 if __name__ == "__main__":

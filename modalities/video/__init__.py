@@ -179,8 +179,8 @@ class VideoModality(Modality):
         config_file, weights_file = path / "config.json", path / "weights.safetensors"
         for needed in (config_file, weights_file):
             if not needed.is_file():
-                raise FileNotFoundError(f"{needed}: missing (a video export holds config.json and "
-                                        "weights.safetensors, as omniclip-train writes to <run>/video)")
+                raise ConfigError("checkpoint", f"{needed}: missing (a video export holds config.json and "
+                                                "weights.safetensors, as omniclip-train writes to <run>/video)")
         config = json.loads(config_file.read_text())
         model_cfg = config.get("model", config)
         if model_cfg.get("modality") != self.name or "model" not in model_cfg:
