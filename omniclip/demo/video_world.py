@@ -62,13 +62,13 @@ class VideoWorldConfig:
     """How clips are drawn. Lengths are in image units (the image spans [-1, 1]); speeds per frame."""
 
     shapes: tuple[str, ...] = ("box", "cone", "torus", "capsule")  # no sphere: turning one is invisible
-    num_frames: int = 8
+    num_frames: int = 6
     image_size: int = 32
     render_points: int = 2048  # surface samples per shape (a few per covered pixel at 32 px)
-    radius_range: tuple[float, float] = (0.3, 0.42)  # of the shape at the middle frame
+    radius_range: tuple[float, float] = (0.38, 0.5)  # of the shape at the middle frame
     speed_px: tuple[float, float] = (1.0, 1.5)  # pixels per frame when moving
     turn_range: tuple[float, float] = (0.15, 0.25)  # radians per frame when turning
-    growth_range: tuple[float, float] = (0.06, 0.09)  # log scale per frame when growing
+    growth_range: tuple[float, float] = (0.08, 0.12)  # log scale per frame when growing
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.shapes if s not in SYNONYMS]
