@@ -382,6 +382,34 @@ class VideoPromptGenerator(nn.Module):
 
 
 # ------------------------------------------------------------------------------------ model
+@dataclass(frozen=True)
+class JitterSchedule:
+    """The mask jitter step as a function of the optimizer step.
+
+    ILA halves the jitter at the start of every epoch from epoch 30 (``align_decay``); in steps:
+    ``base`` before ``start_step``, then ``base * factor ** (1 + (step - start_step) // every)``.
+    A pure function of the step, so a resumed run jitters exactly as one that never stopped.
+    ``start_step=None`` keeps ``base`` throughout.
+    """
+
+    base: float = 0.2
+    start_step: int | None = None
+    every: int = 1
+    factor: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.start_step is not None and (self.start_step < 0 or self.every < 1):
+            raise ConfigError("model.jitter_decay", f"start_step must be >= 0 and every >= 1, got {self.start_step} "
+                                                    f"and {self.every}")
+        if not 0 < self.factor <= 1:
+            raise ConfigError("model.jitter_decay.factor", f"must be in (0, 1], got {self.factor}")
+
+    def __call__(self, step: int) -> float:
+        if self.start_step is None or step < self.start_step:
+            return self.base
+        return self.base * self.factor ** (1 + (step - self.start_step) // self.every)
+
+
 class ILAVideoModel(VideoClipModel):
     """ILA's video model: an image tower with `ILABlock` hooks, MIT pooling, optional X-CLIP prompts.
 
@@ -396,14 +424,23 @@ class ILAVideoModel(VideoClipModel):
 
     def __init__(self, trunk: ViTTrunk, num_frames: int, temporal: nn.Module,
                  prompts: VideoPromptGenerator | None = None, align_weight: float = 1.0,
-                 text: TextTrunk | None = None, tokenizer: Callable[[list[str]], torch.Tensor] | None = None) -> None:
+                 text: TextTrunk | None = None, tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
+                 jitter_schedule: JitterSchedule | None = None, micro_batches: int = 1) -> None:
         super().__init__(trunk, text, temporal, tokenizer=tokenizer)
         hooks = [h for h in trunk.block_hooks.values() if isinstance(h, ILABlock)]
         if not hooks:
             raise ConfigError("model.ila", "the trunk has no ILA blocks: build it with `add_ila`")
+        if micro_batches < 1:
+            raise ConfigError("trainer.grad_accum_steps", f"must be >= 1, got {micro_batches}")
         self.num_frames = num_frames
         self.prompts = prompts
         self.align_weight = float(align_weight)
+        self.jitter_schedule = jitter_schedule
+        self.micro_batches = int(micro_batches)
+        if jitter_schedule is not None:
+            # Training forwards so far (micro_batches per optimizer step): the step the schedule
+            # reads. Saved with the trained tensors, so resume continues the schedule exactly.
+            self.register_buffer("train_forwards", torch.zeros((), dtype=torch.long))
         self.mark_own_tensors()
 
     @property
@@ -462,7 +499,16 @@ class ILAVideoModel(VideoClipModel):
         cosine = torch.einsum("be,bce->bc", F.normalize(video, dim=-1), F.normalize(classes, dim=-1))
         return logit_scale * cosine
 
+    def schedule_step(self) -> int:
+        """The optimizer step the jitter schedule is at (training forwards // micro-batches per step)."""
+        return int(self.train_forwards) // self.micro_batches
+
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.training and self.jitter_schedule is not None:
+            jitter = self.jitter_schedule(self.schedule_step())
+            for block in self.ila_blocks():
+                block.message_attn.jitter = jitter
+            self.train_forwards += 1
         losses: list[torch.Tensor] | None = [] if self.training else None
         video, context = self.run(batch["inputs"], losses)
         embeddings = F.normalize(video, dim=-1)
@@ -473,8 +519,11 @@ class ILAVideoModel(VideoClipModel):
         return embeddings, {"align": self.align_weight * torch.stack(losses).sum()}
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Trainable parameters and the ILA blocks' BatchNorm statistics (they are trained state too)."""
+        """Trainable parameters, the ILA blocks' BatchNorm statistics and the jitter schedule's
+        forward count (they are trained state too)."""
         state = super().trainable_state_dict()
+        if self.jitter_schedule is not None:
+            state["train_forwards"] = self.train_forwards.detach()
         for name, buffer in self.named_buffers():
             if ".message_attn." in name and name.rsplit(".", 1)[-1] in (
                     "running_mean", "running_var", "num_batches_tracked"):
@@ -485,7 +534,8 @@ class ILAVideoModel(VideoClipModel):
 def build_ila_model(backbone: ClipBackbone, num_frames: int, hidden: int = 256, mit_layers: int = 1,
                     prompts_layers: int = 2, prompts_alpha: float = 0.1, use_prompts: bool = True,
                     align_weight: float = 1.0, jitter: float = 0.2,
-                    trunk_options: Mapping[str, Any] | None = None) -> ILAVideoModel:
+                    trunk_options: Mapping[str, Any] | None = None, text: TextTrunk | None = None,
+                    jitter_schedule: JitterSchedule | None = None, micro_batches: int = 1) -> ILAVideoModel:
     """ILA on ``backbone``'s image tower with the published defaults (X-CLIP: ``mit_layers=1``,
     ``prompts_layers=2``, ``prompts_alpha=0.1``; ILA blocks of 256 hidden channels, jitter 0.2).
 
@@ -495,7 +545,9 @@ def build_ila_model(backbone: ClipBackbone, num_frames: int, hidden: int = 256, 
     The tower stays frozen (ILA trains only its own modules; ``trunk_options`` such as
     ``unlocked_blocks`` are passed to `ClipBackbone.trunk`). ``use_prompts=False`` drops X-CLIP's
     prompt generator: the model then gives plain [B, E] video embeddings for any class objective.
-    The model's text side is CLIP's text tower, frozen (ILA keeps it fixed).
+    The model's text side is ``text``, by default CLIP's text tower, frozen (ILA keeps it fixed).
+    ``jitter_schedule`` sets the jitter from the optimizer step in training (`JitterSchedule`,
+    counted as training forwards // ``micro_batches``, the trainer's gradient accumulation).
     """
     trunk = backbone.trunk(**dict(trunk_options or {}))
     add_ila(trunk, num_frames, hidden, jitter)
@@ -503,8 +555,9 @@ def build_ila_model(backbone: ClipBackbone, num_frames: int, hidden: int = 256, 
     temporal = MultiframeIntegrationTransformer(num_frames, embed_dim, mit_layers)
     prompts = VideoPromptGenerator(trunk.width, embed_dim, prompts_layers, prompts_alpha) if use_prompts else None
     # ILA keeps CLIP's text tower fixed (FIX_TEXT): the backbone's own, shared, as the model's text side
-    return ILAVideoModel(trunk, num_frames, temporal, prompts, align_weight, text=TextTrunk(backbone.model),
-                         tokenizer=backbone.tokenizer)
+    return ILAVideoModel(trunk, num_frames, temporal, prompts, align_weight,
+                         text=text if text is not None else TextTrunk(backbone.model), tokenizer=backbone.tokenizer,
+                         jitter_schedule=jitter_schedule, micro_batches=micro_batches)
 
 
 __all__ = [
@@ -512,6 +565,7 @@ __all__ = [
     "FrameAlignment",
     "ILABlock",
     "ILAVideoModel",
+    "JitterSchedule",
     "MultiframeIntegrationTransformer",
     "VideoPromptGenerator",
     "add_ila",

@@ -13,7 +13,9 @@ builds its own model and objective from a recipe's ``model`` group (`VideoModali
 (frozen, partly unlocked, or trained whole; with vision prompts), trained with
 `omniclip.video_objective.ClassObjective` against class text from the model's own text side,
 which may train (the tower, or learned prompts), and which evaluation and the export
-(`VideoModality.load_export`) use too; recipes/model/vificlip*.yaml. Decoding is in `io` (PyAV /
+(`VideoModality.load_export`) use too; recipes/model/vificlip*.yaml. ``model.name: ila`` builds
+ILA instead (`omniclip.ila.ILAVideoModel`, recipes/model/ila.yaml), whose class text is
+conditioned on each clip. Decoding is in `io` (PyAV /
 torchcodec / decord / frame folders), clip sampling in `sampling`, transforms in `transforms`,
 batch mixup / cutmix in `mixing`, a GPU-feeding loader in `loader`.
 """
@@ -35,6 +37,7 @@ from omniclip import registry
 from omniclip.anchors import AnchorStore
 from omniclip.backbone import ClipBackbone
 from omniclip.errors import ConfigError
+from omniclip.ila import ILAVideoModel, JitterSchedule, build_ila_model
 from omniclip.losses import LogitScale
 from omniclip.modalities.video.datasets import CLASS_NAME_FILES, build_dataset
 from omniclip.modalities.video.io import VIDEO_SUFFIXES
@@ -58,6 +61,22 @@ MODEL_KEYS = {
     "temporal": "how frame embeddings pool over time: `mean`",
     "vision_prompts": "null or {num_tokens, depth}",
     "text_prompts": "null or {num_tokens, init, depth}",
+}
+
+#: Keys of an ILA ``model`` group (recipes/model/ila.yaml), chosen by ``name: ila``.
+ILA_KEYS = {
+    "name": "`ila`: ILA's aligned image tower (omniclip.ila)",
+    "num_frames": "frames per clip (MIT's positions): the data's num_frames",
+    "hidden": "channels of the alignment's interactive features (256 published)",
+    "mit_layers": "layers of the multi-frame integration transformer (1)",
+    "prompts_layers": "layers of X-CLIP's video-specific prompt generator (2)",
+    "prompts_alpha": "initial weight of the prompts (0.1)",
+    "use_prompts": "condition the class text on each clip (X-CLIP prompts)",
+    "align_weight": "weight of the summed per-block alignment losses (1: ILA sums them into the loss)",
+    "jitter": "mask jitter step in training (0.2)",
+    "jitter_decay": "null or {start_step, every, factor}: the jitter is multiplied by factor every `every` "
+                    "steps from start_step on",
+    "template": "the class prompt, `{}` filled with the class name (ILA: the bare name)",
 }
 
 
@@ -95,6 +114,12 @@ class VideoModality(Modality):
         if trunk_cfg.get("skip_blocks", 0):
             raise ConfigError("trunk.skip_blocks", f"is {trunk_cfg['skip_blocks']}, but a video model reads frames "
                                                    "through the whole image tower: set it to 0")
+        model_cfg = {"modality": self.name, "model": section, "trunk": trunk_cfg,
+                     "backbone": {"name": backbone.name, "pretrained": backbone.pretrained}}
+        if section.get("name") == "ila":
+            model = ila_model(section, trunk_cfg, backbone, micro_batches=_grad_accum_steps(cfg))
+            _remember(backbone, model)
+            return model, model_cfg
         image_tower = section.get("image_tower", "trunk")
         if image_tower not in ("trunk", "whole"):
             raise ConfigError("model.image_tower", f"`{image_tower}` is not one of ('trunk', 'whole')")
@@ -115,8 +140,6 @@ class VideoModality(Modality):
         text, class_prompts = text_side(section, backbone)
         model = VideoClipModel(trunk, text, text_prompts=class_prompts, tokenizer=backbone.tokenizer)
         _remember(backbone, model)
-        model_cfg = {"modality": self.name, "model": section, "trunk": trunk_cfg,
-                     "backbone": {"name": backbone.name, "pretrained": backbone.pretrained}}
         return model, model_cfg
 
     def build_objective(self, cfg: DictConfig, backbone: ClipBackbone, anchors: AnchorStore,
@@ -216,16 +239,50 @@ def _model_built_on(backbone: ClipBackbone) -> VideoClipModel:
 
 
 def model_section(cfg: DictConfig) -> dict[str, Any]:
-    """The recipe's ``model`` group, resolved and checked for unknown keys."""
+    """The recipe's ``model`` group, resolved and checked for unknown keys (ILA's when ``name: ila``)."""
     if "model" not in cfg or cfg.model is None:
-        raise ConfigError("model", "a video recipe names its model group (model=vificlip or "
-                                   "model=vificlip_bridge_prompt): the video model is not a lens model")
+        raise ConfigError("model", "a video recipe names its model group (model=vificlip, "
+                                   "model=vificlip_bridge_prompt or model=ila): the video model is not a lens model")
     section = OmegaConf.to_container(cfg.model, resolve=True)
-    unknown = sorted(set(section) - set(MODEL_KEYS))
+    keys = ILA_KEYS if section.get("name") == "ila" else MODEL_KEYS
+    unknown = sorted(set(section) - set(keys))
     if unknown:
-        known = "; ".join(f"{k}: {v}" for k, v in MODEL_KEYS.items())
+        known = "; ".join(f"{k}: {v}" for k, v in keys.items())
         raise ConfigError(f"model.{unknown[0]}", f"unknown key (known: {known})")
     return section
+
+
+def _grad_accum_steps(cfg: DictConfig) -> int:
+    """Micro-batches per optimizer step (``trainer.grad_accum_steps``; 1 outside training)."""
+    trainer = cfg.get("trainer") if isinstance(cfg, DictConfig) else None
+    return int(trainer.get("grad_accum_steps", 1)) if trainer is not None else 1
+
+
+def ila_model(section: Mapping[str, Any], trunk_cfg: Mapping[str, Any], backbone: ClipBackbone,
+              micro_batches: int = 1) -> ILAVideoModel:
+    """`omniclip.ila.ILAVideoModel` from an ILA ``model`` group (recipes/model/ila.yaml): ILA blocks in
+    every block of the tower the ``trunk`` group builds (frozen by default), MIT pooling, X-CLIP's
+    prompts when ``use_prompts``, CLIP's frozen text tower, and the jitter decay as a function of
+    the optimizer step (``jitter_decay``; `omniclip.ila.JitterSchedule`)."""
+    frames = section.get("num_frames")
+    if isinstance(frames, bool) or not isinstance(frames, int):
+        raise ConfigError("model.num_frames", f"must be the clips' frame count (an integer), got {frames!r}")
+    decay = section.get("jitter_decay") or {}
+    unknown = sorted(set(decay) - {"start_step", "every", "factor"})
+    if unknown:
+        raise ConfigError(f"model.jitter_decay.{unknown[0]}", "unknown key (known: start_step, every, factor)")
+    jitter = float(section.get("jitter", 0.2))
+    schedule = JitterSchedule(jitter, decay.get("start_step"), int(decay.get("every") or 1),
+                              float(decay.get("factor", 0.5))) if decay.get("start_step") is not None else None
+    template = section.get("template")
+    if template is not None and "{}" not in str(template):
+        raise ConfigError("model.template", f"`{template}` has no `{{}}` for the class name")
+    with config_scope("trunk"):
+        return build_ila_model(
+            backbone, frames, hidden=int(section.get("hidden", 256)), mit_layers=int(section.get("mit_layers", 1)),
+            prompts_layers=int(section.get("prompts_layers", 2)), prompts_alpha=float(section.get("prompts_alpha", 0.1)),
+            use_prompts=bool(section.get("use_prompts", True)), align_weight=float(section.get("align_weight", 1.0)),
+            jitter=jitter, trunk_options=trunk_cfg, jitter_schedule=schedule, micro_batches=micro_batches)
 
 
 def whole_image_tower(backbone: ClipBackbone, trunk_cfg: Mapping[str, Any]) -> ViTTrunk:
