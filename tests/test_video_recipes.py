@@ -246,3 +246,56 @@ def test_lens_recipes_still_build_a_lens_model_and_export_a_lens(tmp_path):
     assert (tmp_path / "run" / "lens" / "lens.safetensors").is_file()
     trainer, model, _ = train.build_trainer(cfg)  # resumes the finished run
     assert isinstance(model, LensModel) and type(trainer.objective).__name__ == "ContrastiveObjective"
+
+
+ILA_GROUPS = {"lr_scale=62.5:model\\.trunk\\.block_hooks\\.\\d+\\.message_.*": 5e-4,
+              "lr_scale=10:model\\.trunk\\.block_hooks\\.\\d+\\.temporal_.*": 8e-5,
+              "lr_scale=50:model\\.temporal\\..*": 4e-4}
+
+
+def test_ila_debug_recipe_trains_its_groups_logs_the_align_loss_and_resumes_exactly(tmp_path, k400, backbones):
+    import re
+
+    from omniclip.ila import ILAVideoModel, JitterSchedule
+
+    assert [JitterSchedule(0.2, 300, 10)(s) for s in (299, 300, 309, 310)] == [0.2, 0.1, 0.1, 0.05]
+    cfg = recipe(tmp_path, k400, "ila_debug", out="full", steps=4)
+    initial, model, _ = train.build_trainer(recipe(tmp_path, k400, "ila_debug", out="fresh", steps=4))
+    assert isinstance(model, ILAVideoModel) and model.prompts is not None and model.num_frames == 4
+    # the reference's three optimiser groups, at their lrs (ILA's own: 5e-4, 10 x 8e-6, 4e-4)
+    assert _group_lrs(initial) == pytest.approx(ILA_GROUPS, rel=1e-12)
+    before = {k: v.clone() for k, v in initial.trainable_weights().items()}
+    trained = ("model.trunk.block_hooks.0.message_fc.weight", "model.trunk.block_hooks.1.message_attn.point_fc1.weight",
+               "model.trunk.block_hooks.0.temporal_skip_align_fc.weight", "model.temporal.positional_embedding",
+               "model.trunk.block_hooks.0.message_attn.pair_bn.running_mean")
+    assert set(trained) <= set(before) and any(k.startswith("model.prompts.") for k in before)
+    result = train.run(cfg)
+    assert result.step == 4 and len(result.losses) == 4
+    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "aux/align" in r]
+    assert len(steps) == 4
+    for record in steps:  # two blocks' 1 - cos, summed at weight 1
+        assert 0 < record["aux/align"] <= 4 and record["loss"] == pytest.approx(record["class/loss"] + record["aux/align"],
+                                                                                abs=1e-5)
+    weights = load_file(str(tmp_path / "full" / "video" / "weights.safetensors"))
+    patterns = [re.compile(p) for p in cfg.trainer.train_only]
+    for key, value in before.items():
+        trains = any(p.fullmatch(key) for p in patterns) or ".message_attn." in key and "running_" in key
+        if key in trained:
+            assert not torch.equal(weights[key], value), key
+        if not trains and key != "model.train_forwards":
+            assert torch.equal(weights[key], value), key  # X-CLIP's prompts stay at their initial values
+    assert int(weights["model.train_forwards"]) == 4
+    for backbone, loaded in backbones:
+        assert_backbone_unchanged(backbone, loaded)  # both towers frozen
+    # stopped after 2 steps and resumed: the same losses, weights and jitter (0.2, 0.2, 0.1, then 0.05)
+    part = recipe(tmp_path, k400, "ila_debug", out="part", steps=4)
+    first, _, _ = train.build_trainer(part)
+    early = first.fit(stop_at=2)
+    rest, resumed, _ = train.build_trainer(part)
+    late = rest.fit()
+    assert early.losses + late.losses == pytest.approx(result.losses, abs=1e-6)
+    assert [b.message_attn.jitter for b in resumed.ila_blocks()] == [0.05, 0.05]
+    for key, value in rest.trainable_weights().items():
+        torch.testing.assert_close(value, weights[key], rtol=0, atol=1e-6)
+
