@@ -299,3 +299,17 @@ def test_ila_debug_recipe_trains_its_groups_logs_the_align_loss_and_resumes_exac
     for key, value in rest.trainable_weights().items():
         torch.testing.assert_close(value, weights[key], rtol=0, atol=1e-6)
 
+
+def test_every_recipe_can_set_lr_groups_and_train_only_without_plus():
+    """recipes/trainer/default.yaml names both keys, so a recipe that does not (a lens recipe) takes
+    them as plain overrides; before, hydra refused them as keys not in the struct."""
+    from omniclip.trainer import trainer_config_from
+
+    with initialize_config_module("omniclip.recipes", version_base="1.3"):
+        plain = compose("train", ["experiment=pointcloud/vitlens_l_shapenet"])
+        cfg = compose("train", ["experiment=pointcloud/vitlens_l_shapenet", "trainer.train_only=['model[.]lens[.].*']",
+                                "trainer.lr_groups=[{match: 'model[.]lens[.]latents', lr_scale: 2}]"])
+    assert plain.trainer.lr_groups == [] and plain.trainer.train_only is None
+    options = trainer_config_from(OmegaConf.to_container(cfg.trainer, resolve=True))
+    assert options.train_only == ["model[.]lens[.].*"]
+    assert options.lr_groups == [{"match": "model[.]lens[.]latents", "lr_scale": 2}]
