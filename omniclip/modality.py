@@ -96,10 +96,12 @@ class Modality:
         return model, model_cfg
 
     def build_objective(self, cfg: "DictConfig", backbone: "ClipBackbone", anchors: "AnchorStore",
-                        dataset: Dataset | None = None) -> nn.Module:
+                        dataset: Dataset | None = None, model: nn.Module | None = None) -> nn.Module:
         """The training objective of recipe ``cfg``: ``objective(embeddings, batch) -> (loss, logs)``.
 
-        ``dataset`` is the training dataset (its ``class_names`` for class-level objectives).
+        ``dataset`` is the training dataset (its ``class_names`` for class-level objectives);
+        ``model`` the model `build_model` made, for objectives that read part of it (a video
+        model's text side gives the class embeddings). The default ignores it.
         The default is the contrastive objective (``loss``) against the frozen towers' features,
         cached in ``anchors``: text, paired images, class prompts.
         """

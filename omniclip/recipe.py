@@ -161,7 +161,8 @@ def build_model(cfg: DictConfig, backbone: ClipBackbone) -> tuple[torch.nn.Modul
 
 
 def build_objective(cfg: DictConfig, backbone: ClipBackbone, anchors: AnchorStore,
-                    dataset: Dataset | None = None) -> torch.nn.Module:
+                    dataset: Dataset | None = None, model: torch.nn.Module | None = None) -> torch.nn.Module:
     """The recipe's training objective (`Modality.build_objective`; contrastive against cached
-    anchors by default). ``dataset`` is the training dataset (class names)."""
-    return recipe_modality(cfg).build_objective(cfg, backbone, anchors, dataset)
+    anchors by default). ``dataset`` is the training dataset (class names), ``model`` the
+    recipe's model (`build_model`)."""
+    return recipe_modality(cfg).build_objective(cfg, backbone, anchors, dataset, model)

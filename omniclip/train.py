@@ -62,7 +62,7 @@ def build_trainer(cfg: DictConfig, env: DistEnv | None = None) -> tuple[Trainer,
     torch.manual_seed(trainer_cfg.seed)  # lens initialisation: the same on every rank and every run
     model, model_cfg = build_model(cfg, backbone)
     anchors = AnchorStore(backbone, cfg.anchors.get("cache_dir"), int(cfg.anchors.get("batch_size", 256)))
-    objective = build_objective(cfg, backbone, anchors, dataset)
+    objective = build_objective(cfg, backbone, anchors, dataset, model)
     evaluators = make_evaluators(modality, eval_cfg, anchors, env.device, trainer_cfg.num_workers,
                                  trainer_cfg.bad_samples, eval_sets)
     trainer_cfg.eval_every = eval_cfg.get("every")

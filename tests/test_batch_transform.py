@@ -286,11 +286,17 @@ def test_video_builder_needs_the_training_classes():
     assert info.value.key == "data.train.classes"
 
 
-def test_the_vificlip_recipe_composes_with_mixing():
-    with initialize_config_module("omniclip.recipes", version_base="1.3"):
-        cfg = compose("train", ["experiment=video/vificlip_k400", "+data.mixing={}", "loss.label_smoothing=0"])
-    transform = build_batch_transform(cfg, ClipDataset())
-    assert transform.opts == MixOptions(num_classes=4)
+def test_the_vificlip_recipe_mixes_as_vificlip_does():
+    """The K400 full fine-tune mixes (mixup 0.8 / cutmix 1.0, smoothing in the targets only), through
+    the video modality's hook; ``data.mixing=null`` turns it off."""
+    from omniclip import get_modality
+
     with initialize_config_module("omniclip.recipes", version_base="1.3"):
         cfg = compose("train", ["experiment=video/vificlip_k400"])
-    assert build_batch_transform(cfg, ClipDataset()) is None
+    transform = get_modality("video").build_batch_transform(cfg, ClipDataset())
+    assert transform.opts == MixOptions(num_classes=4, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5,
+                                        smoothing=0.1)
+    assert cfg.loss.label_smoothing == 0.0
+    with initialize_config_module("omniclip.recipes", version_base="1.3"):
+        cfg = compose("train", ["experiment=video/vificlip_k400", "data.mixing=null", "loss.label_smoothing=0.1"])
+    assert get_modality("video").build_batch_transform(cfg, ClipDataset()) is None

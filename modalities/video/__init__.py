@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import json
-import weakref
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -39,6 +38,7 @@ from omniclip.backbone import ClipBackbone
 from omniclip.errors import ConfigError
 from omniclip.ila import ILAVideoModel, JitterSchedule, build_ila_model
 from omniclip.losses import LogitScale
+from omniclip.modalities.video.batch_transforms import build_batch_transform
 from omniclip.modalities.video.datasets import CLASS_NAME_FILES, build_dataset
 from omniclip.modalities.video.io import VIDEO_SUFFIXES
 from omniclip.modalities.video.templates import TEMPLATES
@@ -118,7 +118,6 @@ class VideoModality(Modality):
                      "backbone": {"name": backbone.name, "pretrained": backbone.pretrained}}
         if section.get("name") == "ila":
             model = ila_model(section, trunk_cfg, backbone, micro_batches=_grad_accum_steps(cfg))
-            _remember(backbone, model)
             return model, model_cfg
         image_tower = section.get("image_tower", "trunk")
         if image_tower not in ("trunk", "whole"):
@@ -139,7 +138,6 @@ class VideoModality(Modality):
                 add_vision_prompts(trunk, num_tokens=int(prompts["num_tokens"]), depth=int(prompts["depth"]))
         text, class_prompts = text_side(section, backbone)
         model = VideoClipModel(trunk, text, text_prompts=class_prompts, tokenizer=backbone.tokenizer)
-        _remember(backbone, model)
         return model, model_cfg
 
     def build_objective(self, cfg: DictConfig, backbone: ClipBackbone, anchors: AnchorStore,
@@ -147,8 +145,8 @@ class VideoModality(Modality):
         """Cosine cross-entropy against the training dataset's classes (`ClassObjective`), whose
         text embeddings come, every step, from the model's own text side (`ClassText`).
 
-        ``model`` is the video model the objective trains; by default the one `build_model` last
-        built on ``backbone`` (`omniclip.train.build_trainer` builds the model, then the objective).
+        ``model`` is the video model the objective trains (`build_model`'s): its text side gives
+        the class embeddings, so the objective holds no text parameters of its own.
         The class prompts are ``model.template`` (without text prompts). ``loss`` gives the scale
         (null: CLIP's), ``learnable_scale`` and ``label_smoothing``.
         """
@@ -157,7 +155,9 @@ class VideoModality(Modality):
         if not names:
             raise ConfigError("data.train.classes", "the video model trains against class text, so the training "
                                                     "dataset must name its classes (set `classes`)")
-        model = model if model is not None else _model_built_on(backbone)
+        if model is None:
+            raise ValueError("the video objective reads class text through the video model: pass the model "
+                             "VideoModality.build_model built as `model=`")
         template = section.get("template")
         class_text = ClassText(names, model, template="{}" if template is None else str(template))
         loss = OmegaConf.to_container(cfg.loss, resolve=True)
@@ -170,6 +170,12 @@ class VideoModality(Modality):
             return ClassObjective(class_text, LogitScale(scale, learnable=bool(loss.get("learnable_scale", False))),
                                   label_smoothing=float(loss.get("label_smoothing", 0.0)),
                                   conditioner=getattr(model, "prompts", None))
+
+    def build_batch_transform(self, cfg: DictConfig,
+                              dataset: Dataset | None = None) -> Callable[[dict[str, Any], torch.Generator], dict[str, Any]] | None:
+        """Mixup / cutmix with label smoothing of every training micro-batch, as the recipe's
+        ``data.mixing`` says (None without it; `omniclip.modalities.video.batch_transforms`)."""
+        return build_batch_transform(cfg, dataset)
 
     def export_model(self, model: nn.Module, objective: nn.Module, model_cfg: Mapping[str, Any],
                      output_dir: str | Path) -> Path:
@@ -219,23 +225,6 @@ class VideoModality(Modality):
         state = {k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")}
         model.load_trainable_state_dict(state, source=str(weights_file))
         return model.to(device).eval(), backbone, model_cfg
-
-
-_BUILT: dict[int, tuple[weakref.ref, weakref.ref]] = {}
-
-
-def _remember(backbone: ClipBackbone, model: VideoClipModel) -> None:
-    """Note the model built on ``backbone``, for the objective built next (`build_objective`)."""
-    _BUILT[id(backbone)] = (weakref.ref(backbone), weakref.ref(model))
-
-
-def _model_built_on(backbone: ClipBackbone) -> VideoClipModel:
-    entry = _BUILT.get(id(backbone))
-    model = entry[1]() if entry is not None and entry[0]() is backbone else None
-    if model is None:
-        raise ValueError("the video objective reads class text through the video model: build the model "
-                         "first (VideoModality.build_model) or pass `model=`")
-    return model
 
 
 def model_section(cfg: DictConfig) -> dict[str, Any]:
