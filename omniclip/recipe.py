@@ -126,8 +126,9 @@ def checkpoint_config(checkpoint: str | Path) -> dict[str, Any]:
     config_file = Path(checkpoint) / "config.json"
     if not config_file.is_file():
         problem = "folder does not exist" if not Path(checkpoint).is_dir() else "has no config.json"
-        raise ConfigError("checkpoint", f"{checkpoint}: {problem} (expected a lens export such as "
-                                        "runs/<run>/lens or a converted checkpoint folder)")
+        raise ConfigError("checkpoint", f"{checkpoint}: {problem} (expected an export such as "
+                                        "runs/<run>/lens or runs/<run>/video, or a converted checkpoint folder; a "
+                                        "published ViFi-CLIP / ILA file takes checkpoint_format=vificlip|ila)")
     config = json.loads(config_file.read_text())
     return config.get("model", config)
 
