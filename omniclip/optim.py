@@ -6,8 +6,10 @@ exempt. The schedule is a linear warm-up followed by a cosine decay.
 
 Two recipe options say what trains and how fast (``trainer.train_only``, ``trainer.lr_groups``):
 `apply_train_only` freezes every parameter whose qualified name matches none of a list of
-regexes, and `LrGroup` entries give matching parameters a multiple of the lr. Names are those the
-trainer sees: ``model.<...>`` and ``objective.<...>`` (the keys of its checkpoints).
+regexes, and `LrGroup` entries give matching parameters a multiple of the lr and, optionally,
+their own weight decay (ILA decays its alignment, temporal and MIT groups at 1e-2, 1e-3 and 3e-3).
+Names are those the trainer sees: ``model.<...>`` and ``objective.<...>`` (the keys of its
+checkpoints).
 """
 
 from __future__ import annotations
@@ -32,39 +34,61 @@ NO_DECAY_NAMES: tuple[str, ...] = (
 )
 
 
+LR_GROUP_KEYS: tuple[str, ...] = ("match", "lr_scale", "weight_decay")
+
+
 @dataclass(frozen=True)
 class LrGroup:
     """Parameters whose qualified name matches ``match`` (a regex, `re.fullmatch`) train at
     ``lr_scale`` times the recipe's lr; the schedule multiplies every group alike (X-CLIP / ILA
-    train their new modules at 10x the CLIP lr)."""
+    train their new modules at 10x the CLIP lr).
+
+    ``weight_decay`` (None: the trainer's) is the decay of the group's *decayed* parameters only:
+    the parameters that `param_groups` exempts (ndim <= 1, `NO_DECAY_NAMES`, embeddings) stay at
+    0 in every group, as in ILA's reference, whose per-group decay also skips 1-D tensors and
+    biases. There is no per-group switch for that rule, as no reference recipe needs one.
+    """
 
     match: str
     lr_scale: float = 1.0
+    weight_decay: float | None = None
 
     @property
     def name(self) -> str:
+        """The group's label in the optimizer (``"group"``). The match alone makes it unique (a
+        second group with the same match would take nothing, which is refused), so the decay is
+        left out: labels stay those of the recipes and logs written before it existed."""
         return f"lr_scale={self.lr_scale:g}:{self.match}"
 
 
+def _number(value: Any, key: str, positive: bool) -> float:
+    """``value`` as a finite float, > 0 (``positive``) or >= 0; otherwise a `ConfigError` naming ``key``."""
+    number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not number or not (value > 0 if positive else value >= 0):
+        raise ConfigError(key, f"must be a {'positive' if positive else 'non-negative'} number, got {value!r}")
+    return float(value)
+
+
 def parse_lr_groups(spec: Sequence[Mapping[str, Any]] | None) -> list[LrGroup]:
-    """``[{match, lr_scale}, ...]`` from a recipe -> `LrGroup` list; errors name ``lr_groups[i].<key>``."""
+    """``[{match, lr_scale, weight_decay}, ...]`` from a recipe -> `LrGroup` list; errors name
+    ``lr_groups[i].<key>`` (the trainer prefixes ``trainer.``)."""
     groups = []
     for index, entry in enumerate(spec or ()):
         key = f"lr_groups[{index}]"
         if isinstance(entry, LrGroup):
-            entry = {"match": entry.match, "lr_scale": entry.lr_scale}
+            entry = {"match": entry.match, "lr_scale": entry.lr_scale, "weight_decay": entry.weight_decay}
         if not isinstance(entry, Mapping):
-            raise ConfigError(key, f"must be a mapping {{match, lr_scale}}, got {entry!r}")
-        unknown = sorted(set(entry) - {"match", "lr_scale"})
+            raise ConfigError(key, f"must be a mapping {{match, lr_scale, weight_decay}}, got {entry!r}")
+        unknown = sorted(set(map(str, entry)) - set(LR_GROUP_KEYS))
         if unknown:
-            raise ConfigError(f"{key}.{unknown[0]}", "unknown key (known: match, lr_scale)")
+            raise ConfigError(f"{key}.{unknown[0]}", f"unknown key (known: {', '.join(LR_GROUP_KEYS)})")
         if not isinstance(entry.get("match"), str) or not entry["match"]:
             raise ConfigError(f"{key}.match", f"must be a non-empty regular expression, got {entry.get('match')!r}")
         _compile(entry["match"], f"{key}.match")
-        scale = entry.get("lr_scale", 1.0)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0 or not math.isfinite(scale):
-            raise ConfigError(f"{key}.lr_scale", f"must be a positive number, got {scale!r}")
-        groups.append(LrGroup(entry["match"], float(scale)))
+        scale = _number(entry.get("lr_scale", 1.0), f"{key}.lr_scale", positive=True)
+        decay = entry.get("weight_decay")
+        decay = None if decay is None else _number(decay, f"{key}.weight_decay", positive=False)
+        groups.append(LrGroup(entry["match"], scale, decay))
     return groups
 
 
@@ -134,7 +158,9 @@ def param_groups(
 
     With ``lr_groups`` a parameter whose qualified name fully matches a group's regex goes into
     that group (the first group that matches wins) with ``"lr" = lr * lr_scale`` and
-    ``"lr_scale"``; the others form the default groups, which come first. Every group is named
+    ``"lr_scale"``; its decayed parameters take the group's ``weight_decay`` when it sets one
+    (else ``weight_decay``), its exempt ones 0 as everywhere. The others form the default
+    groups, which come first. Every group is named
     (``"group"``). An lr group that takes no parameter is a `ConfigError` naming
     ``lr_groups[i].match``.
     """
@@ -166,10 +192,12 @@ def param_groups(
                               f"`{spec.match}` matches no trainable parameter that an earlier lr group has not "
                               f"taken (trainable: {_examples(trainable_names)})")
         extra: dict[str, Any] = {"group": "default"}
+        group_decay = weight_decay
         if index:
             spec = lr_groups[index - 1]
             extra = {"group": spec.name, "lr": lr * spec.lr_scale, "lr_scale": spec.lr_scale}
-        for (params, names), wd in ((decay, weight_decay), (no_decay, 0.0)):
+            group_decay = weight_decay if spec.weight_decay is None else spec.weight_decay
+        for (params, names), wd in ((decay, group_decay), (no_decay, 0.0)):
             if params:
                 groups.append({"params": params, "param_names": names, "weight_decay": wd, **extra})
     return groups
@@ -186,8 +214,8 @@ def build_optimizer(
 ) -> torch.optim.AdamW:
     """AdamW over ``param_groups(model, weight_decay, lr_groups=...)``.
 
-    ``lr_groups`` (`LrGroup` or recipe mappings ``{match, lr_scale}``) give parameters matching
-    a regex a multiple of ``lr``. ``fused=None`` lets torch pick its implementation (foreach on
+    ``lr_groups`` (`LrGroup` or recipe mappings ``{match, lr_scale, weight_decay}``) give
+    parameters matching a regex a multiple of ``lr`` and, optionally, their own weight decay. ``fused=None`` lets torch pick its implementation (foreach on
     CUDA); ``True`` asks for the fused kernel (CUDA and CPU float tensors).
     """
     if lr <= 0:

@@ -12,8 +12,9 @@ second time is compared with the one saved in the checkpoint, key by key:
 - **bookkeeping keys** (`FREE_KEYS`, and any location: a key ending in ``root`` or
   ``cache_dir``) change nothing that is computed: workers, logging, checkpoint cadence,
   evaluation, output locations.
-- **learning-rate groups** (``trainer.lr_groups``, ``[{match, lr_scale}]``): a group's
-  ``lr_scale`` is a schedule key (``lr_groups[i].lr_scale``), applied like ``lr``; its ``match``
+- **learning-rate groups** (``trainer.lr_groups``, ``[{match, lr_scale, weight_decay}]``): a
+  group's ``lr_scale`` and ``weight_decay`` are schedule keys (``lr_groups[i].lr_scale``,
+  ``lr_groups[i].weight_decay``), applied like ``lr`` and ``weight_decay``; its ``match``
   pattern, and the number of groups, are refused (``lr_groups[i].match``): they decide which
   parameters form which optimizer group, and the checkpoint's moment estimates are stored per
   group, by position.
@@ -92,19 +93,31 @@ def diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tupl
     return changes
 
 
+#: Keys of a ``trainer.lr_groups`` entry that a resumed run applies (optimizer hyper-parameters).
+LR_GROUP_SCHEDULE_KEYS: tuple[str, ...] = ("lr_scale", "weight_decay")
+
+
 def expand_lr_groups(trainer: Mapping[str, Any]) -> dict[str, Any]:
-    """``lr_groups: [{match, lr_scale}]`` -> ``lr_groups[i].match`` / ``lr_groups[i].lr_scale``
-    keys, so that a changed scale is told from a changed grouping."""
+    """``lr_groups: [{match, lr_scale, weight_decay}]`` -> ``lr_groups[i].match`` /
+    ``lr_groups[i].lr_scale`` / ``lr_groups[i].weight_decay`` keys, so that a changed scale or
+    decay is told from a changed grouping. A group's ``weight_decay`` appears only when it sets one
+    (absent means the trainer's), so checkpoints written before the key compare unchanged; any
+    other key is carried as written, so it is refused rather than silently ignored."""
     out = {k: v for k, v in trainer.items() if k != "lr_groups"}
     for index, group in enumerate(trainer.get("lr_groups") or []):
         group = dict(group) if isinstance(group, Mapping) else {"match": group}
-        out[f"lr_groups[{index}].match"] = group.get("match")
-        out[f"lr_groups[{index}].lr_scale"] = float(group.get("lr_scale", 1.0))
+        out[f"lr_groups[{index}].match"] = group.pop("match", None)
+        out[f"lr_groups[{index}].lr_scale"] = float(group.pop("lr_scale", 1.0))
+        decay = group.pop("weight_decay", None)
+        if decay is not None:
+            out[f"lr_groups[{index}].weight_decay"] = float(decay)
+        out.update({f"lr_groups[{index}].{key}": value for key, value in group.items()})
     return out
 
 
 def _is_schedule(key: str) -> bool:
-    return key in SCHEDULE_KEYS or (key.startswith("lr_groups[") and key.endswith("].lr_scale"))
+    return key in SCHEDULE_KEYS or (
+        key.startswith("lr_groups[") and key.rsplit(".", 1)[-1] in LR_GROUP_SCHEDULE_KEYS)
 
 
 class ResumeCheck:
@@ -115,8 +128,9 @@ class ResumeCheck:
         saved_trainer = {**ADDED_TRAINER_KEYS, **saved_trainer}
         trainer_changes = diff(expand_lr_groups(saved_trainer), expand_lr_groups(current_trainer))
         if any(k.startswith("lr_groups[") and k.endswith("].match") for k in trainer_changes):
-            # another grouping: no scale of it can be applied to the checkpoint's groups
-            trainer_changes = {k: v for k, v in trainer_changes.items() if not k.endswith("].lr_scale")}
+            # another grouping: no scale or decay of it can be applied to the checkpoint's groups
+            trainer_changes = {k: v for k, v in trainer_changes.items()
+                               if not (k.startswith("lr_groups[") and _is_schedule(k))}
         self.schedule = {k: v for k, v in trainer_changes.items() if _is_schedule(k)}
         self.free = {k: v for k, v in trainer_changes.items() if k in FREE_TRAINER_KEYS}
         refused = {f"trainer.{k}": v for k, v in trainer_changes.items()

@@ -192,13 +192,54 @@ def test_lr_groups_take_matching_parameters_first_match_wins():
 @pytest.mark.parametrize("spec, message", [
     ([{"match": "(", "lr_scale": 2}], r"`lr_groups\[0\].match`: `\(` is not a regular expression"),
     ([{"match": "x", "lr_scale": 0}], r"`lr_groups\[0\].lr_scale`: must be a positive number, got 0"),
-    ([{"match": "x"}, {"match": "y", "lr": 2}], r"`lr_groups\[1\].lr`: unknown key \(known: match, lr_scale\)"),
+    ([{"match": "x"}, {"match": "y", "lr": 2}],
+     r"`lr_groups\[1\].lr`: unknown key \(known: match, lr_scale, weight_decay\)"),
+    ([{"match": "x", "weight_decay": -1e-3}], r"`lr_groups\[0\].weight_decay`: must be a non-negative number, got"),
+    ([{"match": "x", "weight_decay": "1e-2"}], r"`lr_groups\[0\].weight_decay`: must be a non-negative number, got"),
+    ([{"match": "x", "weight_decay": float("nan")}], r"`lr_groups\[0\].weight_decay`: must be a non-negative"),
     ([{"lr_scale": 2}], r"`lr_groups\[0\].match`: must be a non-empty regular expression, got None"),
     (["x"], r"`lr_groups\[0\]`: must be a mapping"),
 ])
 def test_lr_group_spec_errors(spec, message):
     with pytest.raises(ConfigError, match=message):
         parse_lr_groups(spec)
+
+
+def test_lr_groups_carry_their_own_weight_decay_on_decayed_parameters_only():
+    """ILA's groups: alignment 1e-2, temporal 1e-3, the rest of the trainer's; norms / biases / the
+    scale stay undecayed in every group, whatever the group's decay."""
+    opt = build_optimizer(Net(), lr=1e-3, weight_decay=3e-3, lr_groups=[
+        {"match": r"model\.mit\..*", "lr_scale": 10, "weight_decay": 1e-2},
+        {"match": r"objective\.prompts\..*", "weight_decay": 0},  # 0 is a decay, not "absent"
+        {"match": r"model\.tower\..*", "lr_scale": 2}])  # no decay given: the trainer's
+    summary = [(g["param_names"], g["weight_decay"]) for g in opt.param_groups]
+    assert summary == [
+        (["objective.log_scale"], 0.0),
+        (["model.mit.weight"], 1e-2), (["model.mit.bias"], 0.0),
+        (["objective.prompts.weight"], 0.0), (["objective.prompts.bias"], 0.0),
+        (["model.tower.weight"], 3e-3), (["model.tower.bias"], 0.0),
+    ]
+    assert opt.param_groups[1]["group"] == r"lr_scale=10:model\.mit\..*"  # the decay is no part of the label
+    # AdamW applies it: one step on zero gradients shrinks the weights by lr * decay
+    before = {n: p.detach().clone() for g in opt.param_groups for n, p in zip(g["param_names"], g["params"])}
+    for group in opt.param_groups:
+        for param in group["params"]:
+            param.grad = torch.zeros_like(param)
+    opt.step()
+    after = {n: p for g in opt.param_groups for n, p in zip(g["param_names"], g["params"])}
+    for name, decay, lr in (("model.mit.weight", 1e-2, 1e-2), ("model.tower.weight", 3e-3, 2e-3),
+                            ("objective.prompts.weight", 0.0, 1e-3)):
+        assert torch.allclose(after[name], before[name] * (1 - lr * decay), rtol=0, atol=1e-9), name
+    assert torch.equal(after["model.mit.bias"], before["model.mit.bias"])
+
+
+def test_unknown_lr_group_key_is_named_under_trainer():
+    from omniclip.trainer import TrainerConfig
+
+    with pytest.raises(ConfigError, match=r"config `trainer\.lr_groups\[1\]\.decay`: unknown key"):
+        TrainerConfig(lr_groups=[{"match": "x", "weight_decay": 0.1}, {"match": "y", "decay": 0.1}])
+    with pytest.raises(ConfigError, match=r"config `trainer\.lr_groups\[0\]\.weight_decay`: must be a non-negative"):
+        TrainerConfig(lr_groups=[{"match": "x", "weight_decay": -1}])
 
 
 def test_lr_groups_follow_the_schedule_at_their_scale():
@@ -240,3 +281,17 @@ def test_train_only_errors_name_the_pattern(patterns, message):
     with pytest.raises(ConfigError, match=message):
         apply_train_only(model, patterns)
     assert [n for n, p in model.named_parameters() if p.requires_grad] == before  # nothing frozen on error
+
+
+@pytest.mark.parametrize("experiment", ["ila_k400_8f", "ila_k400_16f", "ila_ssv2", "ila_debug"])
+def test_ila_recipes_decay_each_group_as_the_reference(experiment):
+    """ILA's utils/optimizer.py: alignment (message_*) 1e-2, temporal skips 1e-3, MIT 3e-3."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module("omniclip.recipes", version_base="1.3"):
+        cfg = compose("train", [f"experiment=video/{experiment}"])
+    groups = parse_lr_groups(OmegaConf.to_container(cfg.trainer.lr_groups))
+    assert [(g.lr_scale, g.weight_decay) for g in groups] == [(62.5, 1e-2), (10.0, 1e-3), (50.0, 3e-3)]
+    assert "message_" in groups[0].match and "temporal_" in groups[1].match and groups[2].match == r"model\.temporal\..*"
+    assert cfg.trainer.weight_decay == pytest.approx(3e-3)  # TRAIN.WEIGHT_DECAY
