@@ -44,6 +44,31 @@ def test_python_example_runs(capsys):
     assert printed == f"{expected}\n"
 
 
+def test_video_example_runs(capsys):
+    """The video example's embeddings are what it says (the per-frame CLIP image embeddings,
+    averaged, renormalised; ILA's frames equal CLIP's at initialisation and MIT pools them) and
+    it prints the classes an independent computation gives."""
+    import torch.nn.functional as F
+
+    section = README[README.index("## Video models"):README.index("## Zero-shot evaluation")]
+    example = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    torch.manual_seed(0)
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    printed = capsys.readouterr().out
+    backbone, clips, classes = namespace["backbone"], namespace["clips"], namespace["classes"]
+    with torch.no_grad():
+        frames = backbone.model.encode_image(clips.flatten(0, 1)).view(2, 8, -1)
+        torch.testing.assert_close(namespace["video"], F.normalize(frames.mean(1), dim=-1), atol=1e-5, rtol=0)
+        ila = namespace["ila"]
+        torch.testing.assert_close(ila.encode_frames(clips), frames, atol=1e-5, rtol=0)
+        torch.testing.assert_close(namespace["aligned"], F.normalize(ila.temporal(frames), dim=-1), atol=1e-5, rtol=0)
+        text = F.normalize(backbone.model.encode_text(backbone.tokenizer(
+            [f"a video of a person {c}." for c in classes])), dim=-1)
+    scores = namespace["video"] @ text.T
+    assert printed == f"{[classes[i] for i in scores.argmax(-1).tolist()]}\n"
+
+
 def test_readme_commands_are_installed_scripts_or_files():
     scripts = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
     commands = re.findall(r"^(omniclip-[a-z]+)\b", README, flags=re.M)
