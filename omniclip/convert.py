@@ -10,6 +10,11 @@ A `Converter` bundles a key map with a function building the target module. Conv
 under ``registry`` kind ``"converter"`` with names ``"<modality>.<variant>"`` (for example
 ``"pointcloud.vitlens-l"``) so that looking one up imports ``omniclip.modalities.<modality>``.
 ``omniclip-convert`` (`main`) runs one and writes ``lens.safetensors`` + ``config.json``.
+
+An `ExportConverter` is the other kind: a published *whole model* (ViFi-CLIP, ILA) imported by its
+own strict loader and written as the modality's export (``weights.safetensors`` + ``config.json``,
+what ``Modality.load_export`` rebuilds), so evaluating it later needs neither pickle nor the
+published format. Both kinds register, list and run the same way.
 """
 
 from __future__ import annotations
@@ -473,13 +478,32 @@ def build_lens_export(config: Mapping[str, Any]) -> LensExport:
     return LensExport(tokenizer, build_lens(lens_cfg), TrunkTrainedParts(backbone, trunk_cfg))
 
 
-def register_converter(converter: Converter) -> Converter:
+@dataclass
+class ExportConverter:
+    """A published whole-model checkpoint and the modality export it becomes.
+
+    ``export(src, config, trust_pickle, out_dir)`` reads ``src`` with the format's strict loader,
+    builds the model the modality's ``load_export`` would rebuild, fills every tensor of it from
+    the loaded model (or raises `CheckpointMismatchError`) and writes the export into
+    ``out_dir``; it returns the `LoadReport` of the import. ``config`` is ``default_config``
+    with the user's ``--set`` overrides (for example the base CLIP ``backbone``). ``outputs``
+    names the files written, for the command's last line.
+    """
+
+    name: str
+    description: str
+    export: Callable[[Path, dict, bool, Path], LoadReport]
+    default_config: dict = field(default_factory=dict)
+    outputs: tuple[str, ...] = ("weights.safetensors", "config.json")
+
+
+def register_converter(converter: Converter | ExportConverter) -> Converter | ExportConverter:
     """Register ``converter`` under its name (``"<modality>.<variant>"``)."""
     registry.register("converter", converter.name, converter)
     return converter
 
 
-def get_converter(name: str) -> Converter:
+def get_converter(name: str) -> Converter | ExportConverter:
     """The converter ``name``, importing its modality package if needed."""
     return registry.get("converter", name)
 
@@ -528,11 +552,14 @@ def convert(
     Writes ``lens.safetensors`` (the module's full state dict) and ``config.json`` (the config
     plus ``converted_from: {converter, source}``), the lens-export layout that
     `omniclip.model.load_lens_model` reads, each atomically, only after a strict load succeeded.
+    An `ExportConverter` writes its modality's export instead (see there).
     """
     from safetensors.torch import save_file
 
     converter = get_converter(converter_name)
     config = _apply_overrides(converter.default_config, config_overrides or {})
+    if isinstance(converter, ExportConverter):
+        return converter.export(Path(src_path), config, trust_pickle, Path(out_dir))
     record = {**config, "converted_from": {"converter": converter.name, "source": str(src_path)}}
     try:
         config_text = json.dumps(record, indent=2) + "\n"
@@ -606,7 +633,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("converter", help='converter name, e.g. "pointcloud.vitlens-l"')
     parser.add_argument("src", help="checkpoint file (.safetensors, .pt, .pth, .bin, .ckpt)")
-    parser.add_argument("out_dir", help="folder receiving lens.safetensors and config.json")
+    parser.add_argument("out_dir", help="folder receiving the converted files (lens.safetensors and config.json; "
+                                        "a whole-model converter: weights.safetensors and config.json)")
     parser.add_argument(
         "--trust-pickle",
         action="store_true",
@@ -639,7 +667,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"omniclip-convert: {exc}", file=sys.stderr)
         return 2
     print(report)
-    print(f"wrote {Path(args.out_dir) / 'lens.safetensors'} and config.json")
+    converter = get_converter(args.converter)
+    outputs = converter.outputs if isinstance(converter, ExportConverter) else ("lens.safetensors", "config.json")
+    print(f"wrote {Path(args.out_dir) / outputs[0]} and {', '.join(outputs[1:])}")
     return 0
 
 

@@ -224,6 +224,9 @@ class VideoModality(Modality):
         weights = load_file(str(weights_file))
         state = {k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")}
         model.load_trainable_state_dict(state, source=str(weights_file))
+        if "backbone.logit_scale" in weights:  # a converted published model's own scale (omniclip-convert video.*)
+            with torch.no_grad():
+                backbone.model.logit_scale.copy_(weights["backbone.logit_scale"])
         return model.to(device).eval(), backbone, model_cfg
 
 
@@ -358,3 +361,5 @@ def text_prompts(text: TextTrunk, backbone: ClipBackbone, cfg: Mapping[str, Any]
 
 
 registry.register("modality", "video", VideoModality)
+
+from omniclip.modalities.video import convert as _converters  # noqa: E402,F401  (registers video.vificlip, video.ila)
