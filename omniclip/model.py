@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from omniclip.errors import CheckpointMismatchError, ConfigError
+from omniclip.state import load_exactly
 from omniclip.trunk import ViTTrunk
 
 
@@ -57,25 +58,7 @@ class LensModel(nn.Module):
 
     def load_trainable_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Load what `trainable_state_dict` wrote; every key must match exactly."""
-        expected = self.trainable_state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        shapes = [
-            f"  {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-            for k in sorted(set(expected) & set(state))
-            if tuple(state[k].shape) != tuple(expected[k].shape)
-        ]
-        if missing or unexpected or shapes:
-            lines = ["lens checkpoint does not match the model:"]
-            lines += [f"missing ({len(missing)}):"] + [f"  {k}" for k in missing] if missing else []
-            lines += [f"unexpected ({len(unexpected)}):"] + [f"  {k}" for k in unexpected] if unexpected else []
-            lines += [f"shape mismatch ({len(shapes)}):"] + shapes if shapes else []
-            raise CheckpointMismatchError("\n".join(lines))
-        live = dict(self.named_parameters(remove_duplicate=False))
-        live.update(dict(self.named_buffers(remove_duplicate=False)))
-        with torch.no_grad():
-            for key, value in state.items():
-                live[key].copy_(value)
+        load_exactly(self, state, self.trainable_state_dict(), "lens checkpoint")
 
     def save_lens(self, directory: str | Path, config: Mapping[str, Any]) -> None:
         """Write ``lens.safetensors`` (trainable weights) and ``config.json`` to ``directory``."""

@@ -43,6 +43,31 @@ _STEP_DIR = re.compile(r"step_(\d+)")
 _TMP_PREFIX = ".tmp-"
 
 
+def load_exactly(module: torch.nn.Module, state: Mapping[str, torch.Tensor],
+                 expected: Mapping[str, torch.Tensor], what: str) -> None:
+    """Copy ``state`` into ``module``'s parameters and buffers of the same names, when its keys
+    and shapes are exactly ``expected``'s (what the module's ``trainable_state_dict`` gives);
+    otherwise one `CheckpointMismatchError` naming ``what`` and every missing, unexpected and
+    mis-shaped key, before anything is copied."""
+    from omniclip.errors import CheckpointMismatchError
+
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"  {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in sorted(set(expected) & set(state)) if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        lines = [f"{what} does not match the model:"]
+        lines += [f"missing ({len(missing)}):"] + [f"  {k}" for k in missing] if missing else []
+        lines += [f"unexpected ({len(unexpected)}):"] + [f"  {k}" for k in unexpected] if unexpected else []
+        lines += [f"shape mismatch ({len(shapes)}):"] + shapes if shapes else []
+        raise CheckpointMismatchError("\n".join(lines))
+    live = dict(module.named_parameters(remove_duplicate=False))
+    live.update(dict(module.named_buffers(remove_duplicate=False)))
+    with torch.no_grad():
+        for key, value in state.items():
+            live[key].copy_(value)
+
+
 def capture_rng_state() -> dict[str, Any]:
     """State of Python's, NumPy's (global), torch's CPU and every CUDA device's generator.
 

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omniclip.errors import CheckpointMismatchError, ConfigError
+from omniclip.errors import ConfigError
 from omniclip.prompts import TextPrompts
+from omniclip.state import load_exactly
 from omniclip.text_trunk import TextTrunk
 from omniclip.trunk import ViTTrunk
 
@@ -146,22 +147,8 @@ class VideoClipModel(nn.Module):
 
     def load_trainable_state_dict(self, state: Mapping[str, torch.Tensor], source: str = "weights") -> None:
         """Load what `trainable_state_dict` gave, strictly: every key present, none extra, shapes
-        equal, or one `CheckpointMismatchError` naming them all."""
-        expected = self.trainable_state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        shapes = [f"  {k}: {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                  for k in sorted(set(expected) & set(state)) if tuple(state[k].shape) != tuple(expected[k].shape)]
-        if missing or unexpected or shapes:
-            lines = [f"{source} does not match the video model ({len(missing)} missing, {len(unexpected)} "
-                     f"unexpected, {len(shapes)} shape mismatches):"]
-            lines += [f"  missing {k}" for k in missing] + [f"  unexpected {k}" for k in unexpected] + shapes
-            raise CheckpointMismatchError("\n".join(lines))
-        live = dict(self.named_parameters(remove_duplicate=False))
-        live.update(dict(self.named_buffers(remove_duplicate=False)))
-        with torch.no_grad():
-            for key, value in state.items():
-                live[key].copy_(value)
+        equal, or one `CheckpointMismatchError` naming ``source`` and them all."""
+        load_exactly(self, state, self.trainable_state_dict(), source)
 
 
 __all__ = ["TemporalMean", "VideoClipModel", "class_prompts"]

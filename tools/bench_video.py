@@ -114,12 +114,15 @@ def decoder_table(files: dict[str, list[Path]], backends: list[str], repeats: in
     return results
 
 
-def loader_clips_per_s(paths: list[Path], device: torch.device, batches: int, workers: int) -> float:
+def loader_clips_per_s(paths: list[Path], device: torch.device, batches: int, workers: int, frames: int = 8,
+                       batch_size: int = 8) -> float:
+    """Training clips/s of the whole video loader over ``paths`` (a Kinetics-style list, TSN
+    sampling, training transforms, uint8 to ``device`` and normalised there), after the first
+    batch, which pays the workers' start."""
     root = paths[0].parent
     (root / "bench.txt").write_text("".join(f"{p.name} {i % 400}\n" for i, p in enumerate(paths)))
     data = build_dataset({"name": "list", "root": str(root), "list_file": "bench.txt", "classes": "k400",
-                          "num_frames": 8, "normalize": "none"}, "train")
-    batch_size = 8
+                          "num_frames": frames, "normalize": "none"}, "train")
     sampler = ResumableSampler(len(data), batch_size=min(batch_size, len(data)), drop_last=False)
     to_device = GpuBatch(device, "imagenet")
     loader = build_video_loader(data, collate_views, sampler.batch_size, sampler, workers, seed=0, prefetch_factor=4)

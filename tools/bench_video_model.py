@@ -39,7 +39,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -214,44 +214,6 @@ def measure(setting: Setting, name: str, device: torch.device, batch_size: int, 
             "peak_mb": peak}
 
 
-# ------------------------------------------------------------------------------------- loader
-
-
-def loader_clips_per_s(paths: list[Path], device: torch.device, batches: int, workers: int, frames: int,
-                       batch_size: int) -> float:
-    """`tools/bench_video.py`'s loader measurement with the frame count and batch size as
-    parameters (it fixes 8 and 8): clips/s after the first batch, which pays the workers' start."""
-    from omniclip.data import ResumableSampler
-    from omniclip.modalities.video import collate_views
-    from omniclip.modalities.video.datasets import build_dataset
-    from omniclip.modalities.video.loader import GpuBatch, build_video_loader
-
-    root = paths[0].parent
-    (root / "bench.txt").write_text("".join(f"{p.name} {i % 400}\n" for i, p in enumerate(paths)))
-    data = build_dataset({"name": "list", "root": str(root), "list_file": "bench.txt", "classes": "k400",
-                          "num_frames": frames, "normalize": "none"}, "train")
-    sampler = ResumableSampler(len(data), batch_size=min(batch_size, len(data)), drop_last=False)
-    to_device = GpuBatch(device, "imagenet")
-    loader = build_video_loader(data, collate_views, sampler.batch_size, sampler, workers, seed=0, prefetch_factor=4)
-    clips, start, epoch = 0, None, 0
-    while True:  # epochs over the few files until enough batches were timed (persistent workers)
-        sampler.set_epoch(epoch)
-        for batch in loader:
-            out = to_device(batch)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if start is None:
-                start = time.perf_counter()
-                continue
-            clips += out["inputs"].shape[0]
-            if clips >= batches * sampler.batch_size:
-                return clips / (time.perf_counter() - start)
-        epoch += 1
-
-
-# ------------------------------------------------------------------------------------- report
-
-
 def table(results: dict[Setting, dict[str, float]], loaders: dict[int, float], device: torch.device) -> list[str]:
     """The printed rows: one per setting, then one loader row per frame count."""
     on_cpu = device.type == "cpu"
@@ -310,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    {r['clips_per_s']:.3f} clips/s, {r['peak_mb']:.0f} MiB", flush=True)
         if not args.no_loader:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from bench_video import write_file  # the same generated H.264 files as tools/bench_video.py
+            from bench_video import loader_clips_per_s, write_file  # the same files and loader measurement
 
             print(f"writing {args.files} test videos (320x240, {args.video_seconds:g} s) ...", flush=True)
             paths = [write_file(Path(tmp) / f"clip_{i}.mp4", 320, 240, seconds=args.video_seconds, seed=i)
