@@ -94,7 +94,8 @@ class TrainerConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.0
     grad_clip: float | None = 1.0
-    #: ``[{match, lr_scale}]``: parameters whose name fully matches the regex train at lr * lr_scale
+    #: ``[{match, lr_scale, weight_decay}]``: parameters whose name fully matches the regex train at
+    #: lr * lr_scale, with the group's weight decay when it names one (`omniclip.optim.LrGroup`)
     lr_groups: list[dict[str, Any]] = field(default_factory=list)
     #: regexes; when set, only trainable parameters whose name matches one of them train
     train_only: list[str] | None = None
