@@ -227,3 +227,25 @@ def test_presets():
         preset("big")
     with pytest.raises(ValueError, match="leave the picture"):
         VideoWorldConfig(radius_range=(0.5, 0.8))
+
+
+def test_motion_words_add_one_shared_vector_per_motion_and_shape():
+    """Zero at first (the class text is the text tower's, normalised); then class (s, m) gets
+    exactly ``words[m] + shape_words[s]`` added before renormalising, shared by every class with
+    that motion or shape (how a held-out pairing inherits what its parts learned elsewhere)."""
+    import torch.nn.functional as F
+
+    from omniclip.demo.video_demo import MotionWords
+    from omniclip.demo.video_world import MOTIONS, class_index
+
+    torch.manual_seed(0)
+    words = MotionWords(embed_dim=5, num_shapes=3)
+    classes = class_index(torch.tensor([0, 2, 1, 2]), torch.tensor([1, 1, 6, 7]))
+    features = torch.randn(4, 5)
+    torch.testing.assert_close(words(features, classes), F.normalize(features, dim=-1))
+    with torch.no_grad():
+        words.words.copy_(torch.randn(len(MOTIONS), 5))
+        words.shape_words.copy_(torch.randn(3, 5))
+    expected = F.normalize(F.normalize(features, dim=-1) + words.words[[1, 1, 6, 7]]
+                           + words.shape_words[[0, 2, 1, 2]], dim=-1)
+    torch.testing.assert_close(words(features, classes), expected)
