@@ -130,6 +130,17 @@ def load_checkpoint_file(path: str | Path, trust_pickle: bool = False) -> dict:
     return dict(obj)
 
 
+def read_state_dict(checkpoint: str | Path | Mapping[str, Any], trust_pickle: bool = False) -> tuple[str, dict[str, Tensor]]:
+    """(source name for messages, flat state dict) of a checkpoint file (`load_checkpoint_file`)
+    or an already loaded mapping, unwrapped the same way (`unwrap_state_dict`)."""
+    if isinstance(checkpoint, (str, Path)):
+        source = str(checkpoint)
+        raw = load_checkpoint_file(checkpoint, trust_pickle=trust_pickle)
+    else:
+        source, raw = "checkpoint", dict(checkpoint)
+    return source, unwrap_state_dict(raw, source)
+
+
 def unwrap_state_dict(obj: Mapping, source: str = "checkpoint") -> dict[str, Tensor]:
     """The tensors of a training checkpoint, keyed as the model named them.
 

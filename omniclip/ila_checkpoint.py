@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omniclip.backbone import ClipBackbone
-from omniclip.convert import KeyMap, LoadReport, load_checkpoint_file, load_state_dict_strict, unwrap_state_dict
+from omniclip.convert import KeyMap, LoadReport, load_state_dict_strict, read_state_dict
 from omniclip.errors import CheckpointMismatchError
 from omniclip.ila import ILAVideoModel, MultiframeIntegrationTransformer, VideoPromptGenerator, add_ila
 from omniclip.text_trunk import TextTrunk
@@ -125,12 +125,7 @@ def load_ila(checkpoint: str | Path | Mapping[str, Any], backbone: ClipBackbone,
     skip deliberately, e.g. ``("transformer\\.", ...)`` to keep the base CLIP's text tower; a
     module tensor they leave unfilled is still an error.
     """
-    if isinstance(checkpoint, (str, Path)):
-        source = str(checkpoint)
-        raw = load_checkpoint_file(checkpoint, trust_pickle=trust_pickle)
-    else:
-        source, raw = "checkpoint", dict(checkpoint)
-    state = unwrap_state_dict(raw, source)
+    source, state = read_state_dict(checkpoint, trust_pickle)
     what = f"ILA checkpoint {source}"
     num_frames = int(_tensor(state, "mit.positional_embedding", what).shape[1])
     pointwise = "visual.transformer.resblocks.0.message_attn.interactive_block.0.pointwise_conv.0.weight"

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from omniclip.backbone import ClipBackbone
-from omniclip.convert import KeyMap, LoadReport, load_checkpoint_file, load_state_dict_strict, unwrap_state_dict
+from omniclip.convert import KeyMap, LoadReport, load_state_dict_strict, read_state_dict
 from omniclip.prompts import TextPrompts, add_vision_prompts
 from omniclip.text_trunk import TextTrunk
 from omniclip.video_model import VideoClipModel
@@ -80,12 +80,7 @@ def load_vificlip(checkpoint: str | Path | Mapping[str, Any], backbone: ClipBack
     The prompt layout (vision tokens and depth, text context length and depth) is read from the
     checkpoint's own keys. ``trust_pickle`` is needed for the published files (see module doc).
     """
-    if isinstance(checkpoint, (str, Path)):
-        source = str(checkpoint)
-        raw = load_checkpoint_file(checkpoint, trust_pickle=trust_pickle)
-    else:
-        source, raw = "checkpoint", dict(checkpoint)
-    state = unwrap_state_dict(raw, source)
+    source, state = read_state_dict(checkpoint, trust_pickle)
     clip = backbone.model
     trunk = backbone.trunk()
     text = TextTrunk(clip)

@@ -25,13 +25,7 @@ EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "recipes" / "e
 
 @pytest.fixture(scope="module")
 def k400(tmp_path_factory):
-    root = tmp_path_factory.mktemp("k400")
-    lines = []
-    for index in range(8):
-        layouts.video(root / "videos" / f"clip_{index}.mp4", frames=12)
-        lines.append(f"clip_{index}.mp4 {index % 4}")
-    (root / "train.txt").write_text("\n".join(lines) + "\n")
-    return root
+    return layouts.make_training_list(tmp_path_factory.mktemp("k400"))
 
 
 def test_every_video_experiment_is_listed():

@@ -34,13 +34,7 @@ PROMPTS = {"model.trunk.block_hooks.0.tokens", "model.trunk.block_hooks.1.tokens
 @pytest.fixture(scope="module")
 def k400(tmp_path_factory):
     """A Kinetics-400 list of 8 tiny videos with labels 0..3 (the shipped 400 class names)."""
-    root = tmp_path_factory.mktemp("k400")
-    lines = []
-    for index in range(8):
-        layouts.video(root / "videos" / f"clip_{index}.mp4", frames=12)
-        lines.append(f"clip_{index}.mp4 {index % 4}")
-    (root / "train.txt").write_text("\n".join(lines) + "\n")
-    return root
+    return layouts.make_training_list(tmp_path_factory.mktemp("k400"))
 
 
 def recipe(tmp_path, k400, experiment: str, *overrides: str, out: str = "run", steps: int = 2):

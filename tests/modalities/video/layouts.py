@@ -29,6 +29,17 @@ def make_list(root: Path) -> Path:
     return root
 
 
+def make_training_list(root: Path, num_videos: int = 8, num_classes: int = 4, frames: int = 12) -> Path:
+    """``videos/clip_<i>.mp4`` + ``train.txt`` with labels ``i % num_classes``: the Kinetics-style
+    ``path label`` list that training recipes read (``data.train.root=<root>``)."""
+    lines = []
+    for index in range(num_videos):
+        video(root / "videos" / f"clip_{index}.mp4", frames=frames)
+        lines.append(f"clip_{index}.mp4 {index % num_classes}")
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
 KINETICS_ROWS = [  # label, youtube_id, start, end, split; the last clip was never downloaded
     ("abseiling", "-3B32lodo2M", 59, 69, "train"),
     ("air drumming", "--nQbRBEz2s", 104, 114, "train"),
