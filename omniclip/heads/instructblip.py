@@ -8,6 +8,11 @@ instruction) cross-attends to the features, its first ``num_query_tokens`` outpu
 ``language_projection`` into the image-token positions of the prompt, and the language model
 generates. Fed the vision model's own features it gives exactly the tokens of
 ``generate(pixel_values=...)``.
+
+A video (``InstructBlipVideoForConditionalGeneration``) is the same model run per frame: the
+features of ``frames`` consecutive rows belong to one video, the Q-Former reads each frame with
+the video's instruction, and the frames' query outputs are concatenated (``frames x
+num_query_tokens`` video tokens in the prompt). ``frames=1`` is the image model.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ class InstructBlipHead(nn.Module):
         self.qformer = model.qformer
         self.language_projection = model.language_projection
         self.language_model = model.language_model
+        # The video model names its prompt placeholder `video_token_id`; the image model `image_token_id`.
+        video = getattr(model.config, "model_type", "") == "instructblipvideo"
+        self.placeholder_id = int(model.config.video_token_id if video else model.config.image_token_id)
         self.requires_grad_(False)
         self.eval()
 
@@ -55,16 +63,24 @@ class InstructBlipHead(nn.Module):
         features: torch.Tensor,
         qformer_input_ids: torch.Tensor,
         qformer_attention_mask: torch.Tensor | None = None,
+        frames: int = 1,
     ) -> torch.Tensor:
-        """Trunk features [B, N, W] + instruction ids -> language-model inputs [B, Q, H]."""
+        """Trunk features [B*frames, N, W] + instruction ids [B, S] -> language-model inputs
+        [B, frames*Q, H]: frame by frame, each frame's Q outputs in frame order (as
+        ``InstructBlipVideoModel.get_video_features`` reshapes them)."""
         if features.shape[-1] != self.feature_width:
             raise ConfigError("lens", f"the features are {features.shape[-1]} wide but this InstructBLIP's "
                               f"Q-Former reads {self.feature_width}: the lens was trained on another tower")
+        if frames < 1 or features.shape[0] != qformer_input_ids.shape[0] * frames:
+            raise ValueError(f"{features.shape[0]} feature rows for {qformer_input_ids.shape[0]} instructions of "
+                             f"{frames} frames each")
         batch, device = features.shape[0], features.device
         queries = self.query_tokens.expand(batch, -1, -1)
         query_mask = torch.ones(queries.shape[:-1], dtype=torch.long, device=device)
         if qformer_attention_mask is None:
             qformer_attention_mask = torch.ones_like(qformer_input_ids)
+        qformer_input_ids = qformer_input_ids.repeat_interleave(frames, dim=0)
+        qformer_attention_mask = qformer_attention_mask.repeat_interleave(frames, dim=0)
         output = self.qformer(
             input_ids=qformer_input_ids,
             attention_mask=torch.cat([query_mask, qformer_attention_mask.to(device)], dim=1),
@@ -73,7 +89,8 @@ class InstructBlipHead(nn.Module):
             encoder_attention_mask=torch.ones(features.shape[:-1], dtype=torch.long, device=device),
             return_dict=True,
         )
-        return self.language_projection(output.last_hidden_state[:, : self.num_query_tokens])
+        projected = self.language_projection(output.last_hidden_state[:, : self.num_query_tokens])
+        return projected.reshape(batch // frames, frames * self.num_query_tokens, -1)
 
     @torch.no_grad()
     def generate(
@@ -83,22 +100,26 @@ class InstructBlipHead(nn.Module):
         input_ids: torch.Tensor,
         qformer_attention_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        frames: int = 1,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
         """Generated token ids for trunk features and a prompt.
 
-        ``input_ids`` is the language-model prompt holding ``num_query_tokens`` image tokens
-        (``config.image_token_id``), as InstructBLIP's processor builds it; ``generate_kwargs``
-        go to the language model's ``generate`` (``max_new_tokens``, ``num_beams``, ...).
-        Returns what transformers' ``generate`` returns for the same prompt.
+        ``input_ids`` is the language-model prompt holding ``frames * num_query_tokens``
+        placeholder tokens (`placeholder_id`: the image token, or the video model's video
+        token), as InstructBLIP's processor builds it; ``features`` holds ``frames`` rows per
+        prompt (see `query_outputs`); ``generate_kwargs`` go to the language model's
+        ``generate`` (``max_new_tokens``, ``num_beams``, ...). Returns what transformers'
+        ``generate`` returns for the same prompt and pixels.
         """
-        image_token = self.config.image_token_id
-        placeholders = input_ids == image_token
+        placeholder = self.placeholder_id
+        placeholders = input_ids == placeholder
         counts = placeholders.sum(dim=1)
-        if not bool((counts == self.num_query_tokens).all()):
-            raise ValueError(f"each prompt must hold {self.num_query_tokens} image tokens (id {image_token}); "
-                             f"found {counts.tolist()}")
-        projected = self.query_outputs(features, qformer_input_ids, qformer_attention_mask)
+        expected = frames * self.num_query_tokens
+        if not bool((counts == expected).all()):
+            raise ValueError(f"each prompt must hold {expected} image tokens (id {placeholder}); found "
+                             f"{counts.tolist()} ({frames} frame(s) x {self.num_query_tokens} queries)")
+        projected = self.query_outputs(features, qformer_input_ids, qformer_attention_mask, frames)
         embeddings = self.language_model.get_input_embeddings()(input_ids)
         mask = placeholders.unsqueeze(-1).expand_as(embeddings)
         embeddings = embeddings.masked_scatter(mask, projected.to(embeddings.dtype))

@@ -260,8 +260,7 @@ def test_a_folder_of_another_model_type_or_without_the_qformer_tokenizer_is_refu
 @pytest.mark.parametrize(("name", "problem"), [
     ("bad.npy", None),  # the point-cloud reader's own message
     ("missing.npy", "file not found"),
-    ("clip.mp4", "a video file: omniclip-describe does not describe videos yet (that needs the video model); this "
-                 "pointcloud lens reads .ply, .pcd, .xyz, .txt, .obj, .off, .stl, .npy, .npz"),
+    ("clip.mp4", None),  # a video, with an image-only checkpoint
 ])
 def test_an_unreadable_or_video_file_is_one_line(assets, capsys, tmp_path, name, problem):
     path = tmp_path / name
@@ -278,9 +277,14 @@ def test_an_unreadable_or_video_file_is_one_line(assets, capsys, tmp_path, name,
                                                              "--max-new-tokens", "2", "--output", str(output))],
                               capsys)
     assert (code, out) == (2, "")
-    assert err.splitlines() == [f"omniclip-describe: error: {path}: {problem}"]
     if name == "clip.mp4":  # refused before any model loads
+        assert err.splitlines() == [f"omniclip-describe: error: --instructblip {assets['model_dir']}: a `instructblip` "
+                                    "model, and videos need an InstructBlipVideo checkpoint (model_type "
+                                    "`instructblipvideo`, e.g. Salesforce/instructblip-vicuna-7b's video conversion); "
+                                    "it also serves a lens"]
         assert not output.exists()
+    else:
+        assert err.splitlines() == [f"omniclip-describe: error: {path}: {problem}"]
 
 
 def test_the_first_batches_answers_are_kept_when_a_later_file_is_bad(assets, capsys, tmp_path):
