@@ -349,7 +349,7 @@ def test_help_and_usage_errors(capsys):
     assert (code, err) == (0, "")
     assert out.startswith("usage: omniclip-describe [-h]")
     for flag in ("--question", "--lens", "--instructblip", "--max-new-tokens", "--num-beams", "--batch-size",
-                 "--output", "--list", "Video files are not supported yet"):
+                 "--output", "--list", "--num-frames", "InstructBlipVideo checkpoint"):
         assert flag in out
     code, out, err = run_main(["x.npy", "--lens", "l", "--instructblip", "m"], capsys)
     assert code == 2
