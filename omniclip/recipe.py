@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -149,10 +150,88 @@ def check_recipe_data(cfg: DictConfig) -> None:
     eval_datasets(modality, OmegaConf.to_container(cfg.eval, resolve=True), tokenizer_cfg)
 
 
-def build_backbone(cfg: Mapping[str, Any], device: torch.device) -> ClipBackbone:
+@dataclass
+class AnchoredBackbone:
+    """A vision tower without contrastive towers (InstructBLIP's) paired with the CLIP whose
+    space its lenses are aligned to.
+
+    ViT-Lens trained its InstructBLIP lens into EVA ViT-g against another model's text and image
+    embeddings, so a recipe names two models: the tower (``backbone.name``) and the anchors
+    (``backbone.anchors``). The trunk, the head and the recorded name are the tower's, so the
+    exported lens names the ``instructblip:`` backbone `load_lens_model` and ``omniclip-describe``
+    rebuild it on; preprocessing, anchor features and temperature are the anchor CLIP's. Anchor
+    caches are keyed by the CLIP's tower fingerprints (which hash its own name and weights).
+    """
+
+    tower: Any
+    anchors: ClipBackbone
+
+    @property
+    def name(self) -> str:
+        return self.tower.name
+
+    @property
+    def pretrained(self) -> str | None:
+        return self.tower.pretrained
+
+    @property
+    def device(self) -> torch.device:
+        return self.tower.device
+
+    @property
+    def preprocess(self) -> Callable[[Any], torch.Tensor]:
+        return self.anchors.preprocess
+
+    @property
+    def logit_scale(self) -> float:
+        return self.anchors.logit_scale
+
+    def trunk(self, **options: Any) -> Any:
+        return self.tower.trunk(**options)
+
+    def head(self) -> Any:
+        return self.tower.head()
+
+    def encode_text(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
+        return self.anchors.encode_text(texts, normalize)
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        return self.anchors.encode_image(images, normalize)
+
+    def fingerprint(self, tower: str) -> str:
+        return self.anchors.fingerprint(tower)
+
+
+def _load(cfg: Mapping[str, Any], device: torch.device) -> Any:
+    return load_backbone(cfg["name"], cfg.get("pretrained"), device=device,
+                         precision=cfg.get("precision", "fp32"), cache_dir=cfg.get("cache_dir"))
+
+
+def build_backbone(cfg: Mapping[str, Any], device: torch.device) -> ClipBackbone | AnchoredBackbone:
+    """The recipe's backbone; with ``backbone.anchors`` (a second backbone config) an
+    `AnchoredBackbone`: the tower of ``backbone`` aligned to the anchors' CLIP.
+
+    A tower whose class token is not as wide as the anchors' embedding is refused here, before
+    any step: its lens embedding could not be scored against the anchors without a trained
+    projection, which the BLIP trunk does not have.
+    """
+    anchors_cfg = cfg.get("anchors")
     with config_scope("backbone"):
-        return load_backbone(cfg["name"], cfg.get("pretrained"), device=device,
-                             precision=cfg.get("precision", "fp32"), cache_dir=cfg.get("cache_dir"))
+        tower = _load(cfg, device)
+    if not anchors_cfg:
+        return tower
+    with config_scope("backbone.anchors"):
+        anchors = _load(anchors_cfg, device)
+        if not isinstance(anchors, ClipBackbone):
+            raise ConfigError("name", f"`{anchors.name}` has no contrastive towers to give anchors: name a CLIP")
+    width = int(tower.trunk().width)
+    embed = int(anchors.visual.output_dim)
+    if width != embed:
+        raise ConfigError("backbone.anchors", f"the tower of `{tower.name}` is {width} wide but `{anchors.name}` "
+                          f"embeds in {embed} dimensions: the lens embedding (the tower's normalised class token) "
+                          "needs a trained projection into the anchor space, which the trunk does not have; "
+                          "choose anchors as wide as the tower")
+    return AnchoredBackbone(tower, anchors)
 
 
 def build_model(cfg: DictConfig, backbone: ClipBackbone) -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -5,20 +5,33 @@ trainer's ``{epoch, state_dict, optimizer}``, DDP ``module.`` prefixes; ``visual
 ``visual.perceiver``, the frozen ``visual.eva_vit.*`` tower and ``visual.eva_vit_proj``, the CLIP
 image and text towers) at tiny sizes, and its converted forward is checked against explicit ops on
 the raw tensors and transformers' own tiny InstructBLIP vision tower.
+
+The recipes compose at full size (tower and anchors named, lens heads as wide as the tower's) and
+under ``debug=default``; the 3D one trains two steps into a tiny InstructBLIP tower saved with
+``save_pretrained`` (as wide as the tiny CLIP its anchors come from), and ``omniclip-describe``
+answers with the exported lens.
 """
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
-from transformers import InstructBlipForConditionalGeneration
+from transformers import BlipImageProcessor, InstructBlipForConditionalGeneration, InstructBlipProcessor
 
+from omniclip import describe, train
 from omniclip.blip_backbone import InstructBlipBackbone
 from omniclip.convert import get_converter, main
+from omniclip.errors import ConfigError
 from omniclip.model import load_lens_model
-from tests.heads.test_instructblip import tiny_config
+from omniclip.recipe import AnchoredBackbone, build_backbone
+from tests.heads.test_describe import word_tokenizer
+from tests.heads.test_instructblip import QUERIES, tiny_config
+from tests.modalities.pointcloud.test_datasets import make_objaverse_triplets
 from tests.modalities.pointcloud.test_convert import SMALL, reference_tokens
 from tests.modalities.pointcloud.test_tokenizers import pointbert_reference_keys, random_state
 from tests.reference import perceiver_reference_keys, reference_perceiver
@@ -121,3 +134,79 @@ def test_evag_convert_reports_every_missing_and_unexpected_key_and_refuses_a_cli
     assert main(["pointcloud.vitlens-evag", str(tmp_path / "bad.pt"), str(tmp_path / "out2"),
                  *small_sets("ViT-L-14")]) == 2
     assert "the EVA-g lens feeds InstructBLIP's EVA ViT-g tower" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------- recipes
+
+def compose_train(overrides: list[str]):
+    with initialize_config_module("omniclip.recipes", version_base="1.3"):
+        return compose("train", overrides)
+
+
+@pytest.mark.parametrize("modality", ["pointcloud", "audio"])
+def test_instructblip_experiments_compose_at_full_size_and_under_debug(modality):
+    cfg = compose_train([f"experiment={modality}/vitlens_instructblip"])
+    assert cfg.backbone.name == "instructblip:Salesforce/instructblip-vicuna-7b"
+    assert OmegaConf.to_container(cfg.backbone.anchors) == {"name": "ViT-bigG-14", "pretrained": "laion2b_s39b_b160k",
+                                                            "precision": "fp32", "cache_dir": None}
+    assert (cfg.lens.latent_dim_head, cfg.lens.cross_dim_head) == (88, 88)  # 16 heads of 88 = 1408
+    assert cfg.lens.depth == (6 if modality == "pointcloud" else None)
+    debug = compose_train([f"experiment={modality}/vitlens_instructblip", "debug=default"])
+    assert debug.backbone.name == "omniclip-tiny" and "anchors" not in debug.backbone
+    assert debug.lens.latent_dim_head is None  # the modality's default, which fits the tiny CLIP
+
+
+def save_tiny_instructblip(folder, width: int) -> None:
+    """A tiny InstructBLIP (tower ``width`` wide, 16 patch positions) and its processor."""
+    torch.manual_seed(0)
+    config = tiny_config()
+    config.vision_config.update({"hidden_size": width, "image_size": 2 * SIDE})
+    config.qformer_config.encoder_hidden_size = width
+    InstructBlipForConditionalGeneration(config).eval().save_pretrained(folder)
+    InstructBlipProcessor(BlipImageProcessor(size={"height": 2 * SIDE, "width": 2 * SIDE}), word_tokenizer(True),
+                          word_tokenizer(False), num_query_tokens=QUERIES).save_pretrained(folder)
+
+
+def test_pointcloud_instructblip_recipe_trains_into_a_tiny_instructblip_tower_and_describes(tmp_path, capsys):
+    model_dir = tmp_path / "tiny_instructblip"
+    save_tiny_instructblip(model_dir, width=64)  # the tiny CLIP embeds in 64 dimensions
+    objaverse = make_objaverse_triplets(tmp_path / "objaverse")
+    cfg = compose_train(["experiment=pointcloud/vitlens_instructblip", "debug=default", "backbone=instructblip_tiny",
+                         f"backbone.name=instructblip:{model_dir}", f"output_dir={tmp_path / 'run'}",
+                         f"anchors.cache_dir={tmp_path / 'anchors'}", f"data.train.root={objaverse}",
+                         "data.train.num_points=48", "data.train.min_points=8", "modality.tokenizer.num_groups=8",
+                         "modality.tokenizer.group_size=8", "trainer.max_steps=2", "trainer.batch_size=2",
+                         "eval=none"])
+    result = train.run(cfg)
+    assert result.step == 2 and len(result.losses) == 2 and all(loss == loss for loss in result.losses)
+    lens_dir = tmp_path / "run" / "lens"
+    config = json.loads((lens_dir / "config.json").read_text())
+    assert config["backbone"] == {"name": f"instructblip:{model_dir}", "pretrained": None}
+    lens = config["lens"]
+    assert (lens["latent_dim"], lens["num_latents"], lens["depth"]) == (64, SIDE * SIDE, 6)  # sized from the tower
+    assert (lens["latent_heads"], lens["latent_dim_head"]) == (4, 16)  # the backbone's head_width
+    model, backbone, _ = load_lens_model(lens_dir)
+    assert isinstance(backbone, InstructBlipBackbone)
+    np.save(tmp_path / "cloud.npy", np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32))
+    try:
+        code = describe.main([str(tmp_path / "cloud.npy"), "--question", "w5 w7", "--lens", str(lens_dir),
+                              "--instructblip", str(model_dir), "--device", "cpu", "--num-points", "64",
+                              "--max-new-tokens", "2"])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads(out.splitlines()[-1])["file"] == str(tmp_path / "cloud.npy")
+
+
+def test_anchors_must_be_as_wide_as_the_tower(tmp_path):
+    model_dir = tmp_path / "tiny_instructblip"
+    save_tiny_instructblip(model_dir, width=WIDTH)
+    spec = {"name": f"instructblip:{model_dir}", "pretrained": None, "anchors": {"name": "omniclip-tiny"}}
+    with pytest.raises(ConfigError, match=r"`backbone.anchors`: the tower of .* is 32 wide but `omniclip-tiny` embeds "
+                                          r"in 64 dimensions: .*needs a trained projection"):
+        build_backbone(spec, torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"`backbone.anchors.name`: .* has no contrastive towers"):
+        build_backbone({**spec, "anchors": {"name": f"instructblip:{model_dir}"}}, torch.device("cpu"))
+    plain = build_backbone({"name": f"instructblip:{model_dir}"}, torch.device("cpu"))
+    assert isinstance(plain, InstructBlipBackbone) and not isinstance(plain, AnchoredBackbone)
