@@ -7,8 +7,8 @@ read must be trained into that tower, not into a CLIP ViT. `BlipVisionTrunk` giv
 frozen parts in eval mode), so the lens model, the trainer and zero-shot code drive it unchanged.
 
 Differences from an open_clip ViT, taken from the tower itself: no pre-LayerNorm, no projection
-(the embedding is the normalised class token, as wide as the tower), and the positional table is
-stored as ``[1, 1 + H*W, D]``.
+(the embedding is the normalised class token, as wide as the tower, unless ``projection_dim``
+adds a trained one), and the positional table is stored as ``[1, 1 + H*W, D]``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ class BlipVisionTrunk(ViTTrunk):
     checkpointing, token checks) is `ViTTrunk`'s; only the embedding and the head differ.
 
     Args mirror `ViTTrunk`: ``skip_blocks``, ``unlocked_blocks``, ``unlock_class_token``,
-    ``unlock_positional_embedding``, ``interpolate_positions``.
+    ``unlock_positional_embedding``, ``interpolate_positions``; and ``projection_dim``: a trained
+    projection of the class token into an anchor space of that width (None: none).
     """
 
     def __init__(
@@ -39,6 +40,7 @@ class BlipVisionTrunk(ViTTrunk):
         unlock_class_token: bool = False,
         unlock_positional_embedding: bool = False,
         interpolate_positions: bool = False,
+        projection_dim: int | None = None,
     ) -> None:
         nn.Module.__init__(self)  # ViTTrunk's constructor reads an open_clip tower
         embeddings = getattr(vision_model, "embeddings", None)
@@ -53,7 +55,11 @@ class BlipVisionTrunk(ViTTrunk):
         self.blocks = nn.ModuleList(select_blocks(list(vision_model.encoder.layers), skip_blocks, unlocked_blocks))
         self.ln_post = vision_model.post_layernorm
         self.ln_pre = nn.Identity()
-        self.proj = None
+        width = int(embeddings.class_embedding.shape[-1])
+        # The tower has no projection; a lens aligned to another model's space (EVA-g, 1408 wide,
+        # against bigG's 1280-d anchors) trains one, as ViT-Lens did (`eva_vit_proj`). The Q-Former
+        # never reads it: it reads the post-LayerNorm tokens.
+        self.proj = None if projection_dim is None else nn.Parameter(width ** -0.5 * torch.randn(width, int(projection_dim)))
         self.patch_size = int(embeddings.patch_size)
         self.image_size = int(embeddings.image_size)
         side = self.image_size // self.patch_size
@@ -66,6 +72,8 @@ class BlipVisionTrunk(ViTTrunk):
         self.grad_checkpointing = False
         self.block_hooks = nn.ModuleDict()
         self._set_trainable(unlock_class_token, unlock_positional_embedding)
+        if self.proj is not None:
+            self.proj.requires_grad_(True)  # new, so it always trains
 
     @property
     def num_positions(self) -> int:
@@ -84,8 +92,10 @@ class BlipVisionTrunk(ViTTrunk):
         return torch.cat([cls, tokens], dim=1) + pos.to(tokens.dtype)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Block outputs [B, 1+L, D] -> the normalised class token [B, D] (the tower has no projection)."""
-        return self.ln_post(features[:, 0])
+        """Block outputs [B, 1+L, D] -> the normalised class token [B, D], times the trained
+        projection [D, E] when the trunk has one (``projection_dim``)."""
+        pooled = self.ln_post(features[:, 0])
+        return pooled @ self.proj if self.proj is not None else pooled
 
     def train(self, mode: bool = True) -> "BlipVisionTrunk":
         nn.Module.train(self, mode)

@@ -211,9 +211,8 @@ def build_backbone(cfg: Mapping[str, Any], device: torch.device) -> ClipBackbone
     """The recipe's backbone; with ``backbone.anchors`` (a second backbone config) an
     `AnchoredBackbone`: the tower of ``backbone`` aligned to the anchors' CLIP.
 
-    A tower whose class token is not as wide as the anchors' embedding is refused here, before
-    any step: its lens embedding could not be scored against the anchors without a trained
-    projection, which the BLIP trunk does not have.
+    A tower whose lens embedding (its class token, or ``projection_dim`` when the trunk trains a
+    projection) is not as wide as the anchors' embedding is refused here, before any step.
     """
     anchors_cfg = cfg.get("anchors")
     with config_scope("backbone"):
@@ -224,13 +223,13 @@ def build_backbone(cfg: Mapping[str, Any], device: torch.device) -> ClipBackbone
         anchors = _load(anchors_cfg, device)
         if not isinstance(anchors, ClipBackbone):
             raise ConfigError("name", f"`{anchors.name}` has no contrastive towers to give anchors: name a CLIP")
-    width = int(tower.trunk().width)
+    width = int(cfg.get("projection_dim") or tower.trunk().width)
     embed = int(anchors.visual.output_dim)
     if width != embed:
-        raise ConfigError("backbone.anchors", f"the tower of `{tower.name}` is {width} wide but `{anchors.name}` "
-                          f"embeds in {embed} dimensions: the lens embedding (the tower's normalised class token) "
-                          "needs a trained projection into the anchor space, which the trunk does not have; "
-                          "choose anchors as wide as the tower")
+        raise ConfigError("backbone.projection_dim", f"the lens embedding of `{tower.name}` is {width} wide but "
+                          f"`{anchors.name}` embeds in {embed} dimensions: set backbone.projection_dim={embed} (and "
+                          "trunk.projection_dim, as the instructblip experiments do) to train a projection into the "
+                          "anchor space")
     return AnchoredBackbone(tower, anchors)
 
 

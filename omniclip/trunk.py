@@ -63,6 +63,8 @@ class ViTTrunk(nn.Module):
         unlock_positional_embedding: train the positional embedding (copied).
         interpolate_positions: allow token sequences whose length differs from the trunk's
             patch grid; the positional embedding is resampled. Otherwise such input is an error.
+        projection_dim: None, or the tower's own projection width (the key is shared with
+            `omniclip.blip_trunk.BlipVisionTrunk`, whose towers have no projection).
     """
 
     def __init__(
@@ -73,9 +75,14 @@ class ViTTrunk(nn.Module):
         unlock_class_token: bool = False,
         unlock_positional_embedding: bool = False,
         interpolate_positions: bool = False,
+        projection_dim: int | None = None,
     ) -> None:
         super().__init__()
         _check_supported(visual)
+        own = int(visual.proj.shape[1]) if getattr(visual, "proj", None) is not None else None
+        if projection_dim is not None and projection_dim != own:
+            raise ConfigError("projection_dim", f"is {projection_dim}, but this CLIP tower has its own "
+                              f"projection ({own}); a trained projection is for towers without one (InstructBLIP's)")
         blocks = select_blocks(list(visual.transformer.resblocks), skip_blocks, unlocked_blocks)
 
         self.conv1 = visual.conv1

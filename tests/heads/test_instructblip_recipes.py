@@ -21,6 +21,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
+from safetensors.torch import load_file
 from transformers import BlipImageProcessor, InstructBlipForConditionalGeneration, InstructBlipProcessor
 
 from omniclip import describe, train
@@ -151,9 +152,11 @@ def test_instructblip_experiments_compose_at_full_size_and_under_debug(modality)
                                                             "precision": "fp32", "cache_dir": None}
     assert (cfg.lens.latent_dim_head, cfg.lens.cross_dim_head) == (88, 88)  # 16 heads of 88 = 1408
     assert cfg.lens.depth == (6 if modality == "pointcloud" else None)
+    assert cfg.trunk.projection_dim == 1280  # EVA-g's 1408-wide class token into bigG's space
     debug = compose_train([f"experiment={modality}/vitlens_instructblip", "debug=default"])
     assert debug.backbone.name == "omniclip-tiny" and "anchors" not in debug.backbone
     assert debug.lens.latent_dim_head is None  # the modality's default, which fits the tiny CLIP
+    assert debug.trunk.projection_dim is None  # a CLIP tower has its own projection
 
 
 def save_tiny_instructblip(folder, width: int) -> None:
@@ -167,12 +170,17 @@ def save_tiny_instructblip(folder, width: int) -> None:
                           word_tokenizer(False), num_query_tokens=QUERIES).save_pretrained(folder)
 
 
-def test_pointcloud_instructblip_recipe_trains_into_a_tiny_instructblip_tower_and_describes(tmp_path, capsys):
+@pytest.mark.parametrize("tower_width, projection", [(64, None), (WIDTH, 64)])
+def test_pointcloud_instructblip_recipe_trains_into_a_tiny_instructblip_tower_and_describes(
+        tmp_path, capsys, tower_width, projection):
+    """A tower as wide as the anchors' embedding (the tiny CLIP's 64), and one narrower that trains
+    a projection into it, as EVA-g (1408) into bigG (1280): exported with the lens, loaded back."""
     model_dir = tmp_path / "tiny_instructblip"
-    save_tiny_instructblip(model_dir, width=64)  # the tiny CLIP embeds in 64 dimensions
+    save_tiny_instructblip(model_dir, width=tower_width)
     objaverse = make_objaverse_triplets(tmp_path / "objaverse")
+    extra = [] if projection is None else [f"+backbone.projection_dim={projection}"]
     cfg = compose_train(["experiment=pointcloud/vitlens_instructblip", "debug=default", "backbone=instructblip_tiny",
-                         f"backbone.name=instructblip:{model_dir}", f"output_dir={tmp_path / 'run'}",
+                         *extra, f"backbone.name=instructblip:{model_dir}", f"output_dir={tmp_path / 'run'}",
                          f"anchors.cache_dir={tmp_path / 'anchors'}", f"data.train.root={objaverse}",
                          "data.train.num_points=48", "data.train.min_points=8", "modality.tokenizer.num_groups=8",
                          "modality.tokenizer.group_size=8", "trainer.max_steps=2", "trainer.batch_size=2",
@@ -183,10 +191,19 @@ def test_pointcloud_instructblip_recipe_trains_into_a_tiny_instructblip_tower_an
     config = json.loads((lens_dir / "config.json").read_text())
     assert config["backbone"] == {"name": f"instructblip:{model_dir}", "pretrained": None}
     lens = config["lens"]
-    assert (lens["latent_dim"], lens["num_latents"], lens["depth"]) == (64, SIDE * SIDE, 6)  # sized from the tower
-    assert (lens["latent_heads"], lens["latent_dim_head"]) == (4, 16)  # the backbone's head_width
+    assert (lens["latent_dim"], lens["num_latents"], lens["depth"]) == (tower_width, SIDE * SIDE, 6)  # the tower's
+    assert lens["latent_dim_head"] == 16  # the backbone's head_width
+    weights = load_file(str(lens_dir / "lens.safetensors"))
+    if projection is None:
+        assert not any(k.startswith("trunk.") for k in weights)  # the tower stays InstructBLIP's own
+    else:
+        assert {k for k in weights if k.startswith("trunk.")} == {"trunk.proj"}
+        assert weights["trunk.proj"].shape == (tower_width, projection)
     model, backbone, _ = load_lens_model(lens_dir)
     assert isinstance(backbone, InstructBlipBackbone)
+    assert model.trunk.embed_dim == (projection or tower_width)
+    if projection is not None:
+        torch.testing.assert_close(model.trunk.proj.detach(), weights["trunk.proj"], rtol=0, atol=0)
     np.save(tmp_path / "cloud.npy", np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32))
     try:
         code = describe.main([str(tmp_path / "cloud.npy"), "--question", "w5 w7", "--lens", str(lens_dir),
@@ -199,14 +216,26 @@ def test_pointcloud_instructblip_recipe_trains_into_a_tiny_instructblip_tower_an
     assert json.loads(out.splitlines()[-1])["file"] == str(tmp_path / "cloud.npy")
 
 
-def test_anchors_must_be_as_wide_as_the_tower(tmp_path):
+def test_anchors_must_be_as_wide_as_the_lens_embedding(tmp_path):
     model_dir = tmp_path / "tiny_instructblip"
     save_tiny_instructblip(model_dir, width=WIDTH)
     spec = {"name": f"instructblip:{model_dir}", "pretrained": None, "anchors": {"name": "omniclip-tiny"}}
-    with pytest.raises(ConfigError, match=r"`backbone.anchors`: the tower of .* is 32 wide but `omniclip-tiny` embeds "
-                                          r"in 64 dimensions: .*needs a trained projection"):
+    with pytest.raises(ConfigError, match=r"`backbone.projection_dim`: the lens embedding of .* is 32 wide but "
+                                          r"`omniclip-tiny` embeds in 64 dimensions: set backbone.projection_dim=64"):
         build_backbone(spec, torch.device("cpu"))
+    assert isinstance(build_backbone({**spec, "projection_dim": 64}, torch.device("cpu")), AnchoredBackbone)
     with pytest.raises(ConfigError, match=r"`backbone.anchors.name`: .* has no contrastive towers"):
         build_backbone({**spec, "anchors": {"name": f"instructblip:{model_dir}"}}, torch.device("cpu"))
     plain = build_backbone({"name": f"instructblip:{model_dir}"}, torch.device("cpu"))
     assert isinstance(plain, InstructBlipBackbone) and not isinstance(plain, AnchoredBackbone)
+
+
+def test_a_clip_trunk_takes_only_its_own_projection_width():
+    """The key is shared by both trunk kinds; a CLIP tower already projects, so another width is a
+    config error rather than a silently ignored key."""
+    from omniclip.backbone import load_backbone
+
+    clip = load_backbone("omniclip-tiny")
+    assert clip.trunk(projection_dim=64).embed_dim == 64 == clip.trunk().embed_dim
+    with pytest.raises(ConfigError, match=r"is 32, but this CLIP tower has its own projection \(64\)"):
+        clip.trunk(projection_dim=32)
