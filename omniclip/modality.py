@@ -124,6 +124,16 @@ class Modality:
                 same_text_is_positive=bool(loss.get("same_text_is_positive", True)),
             )
 
+    def check_model_data(self, model: nn.Module, dataset_cfg: Mapping[str, Any], key: str) -> None:
+        """Raise `ConfigError` (naming ``key``, the dataset's recipe key, plus the option) when the
+        dataset ``dataset_cfg`` cannot feed the built ``model``: frames of another size than its
+        image tower reads, or another frame count than a model with per-frame positions learned.
+
+        Called for every dataset of a run once the model is built, before any step, so such a
+        mismatch is one line naming the key to set, not a shape error mid-run. The base class
+        has nothing to check (a tokenizer's fit is checked by `check_data`).
+        """
+
     def build_batch_transform(self, cfg: "DictConfig", dataset: Dataset | None = None) -> "BatchTransform | None":
         """The transform the trainer applies to every training micro-batch on the device, before
         the forward (`omniclip.trainer.BatchTransform`: ``(batch, generator) -> batch``), or None.

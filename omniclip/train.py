@@ -61,6 +61,9 @@ def build_trainer(cfg: DictConfig, env: DistEnv | None = None) -> tuple[Trainer,
     image_transform.bind(backbone.preprocess)
     torch.manual_seed(trainer_cfg.seed)  # lens initialisation: the same on every rank and every run
     model, model_cfg = build_model(cfg, backbone)
+    modality.check_model_data(model, OmegaConf.to_container(cfg.data.train, resolve=True), "data.train")
+    for name, task in (eval_cfg.get("tasks") or {}).items():
+        modality.check_model_data(model, task.get("dataset") or {}, f"eval.tasks.{name}.dataset")
     anchors = AnchorStore(backbone, cfg.anchors.get("cache_dir"), int(cfg.anchors.get("batch_size", 256)))
     objective = build_objective(cfg, backbone, anchors, dataset, model)
     evaluators = make_evaluators(modality, eval_cfg, anchors, env.device, trainer_cfg.num_workers,

@@ -167,9 +167,9 @@ class ViTTrunk(nn.Module):
         if num_tokens != expected and not self.allow_interpolation:
             raise ConfigError(
                 "trunk.interpolate_positions",
-                f"the lens gives {num_tokens} tokens but the trunk's positional embedding has "
-                f"{expected} patch positions (+1 class token); match the lens latents to "
-                f"{expected} or set interpolate_positions=true",
+                f"the input gives {num_tokens} tokens but the trunk's positional embedding has "
+                f"{expected} patch positions (+1 class token); match the lens latents (or the image "
+                f"size) to {expected} positions or set interpolate_positions=true",
             )
 
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:

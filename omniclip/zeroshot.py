@@ -346,6 +346,8 @@ def run(cfg: DictConfig) -> list[EvalResult]:
         modality, tokenizer_cfg = get_modality("video"), {}
     datasets = eval_datasets(modality, eval_cfg, tokenizer_cfg)
     model, backbone, modality, model_name = load_eval_model(cfg, device)
+    for name, task in eval_cfg["tasks"].items():
+        modality.check_model_data(model, task.get("dataset") or {}, f"eval.tasks.{name}.dataset")
     anchors = AnchorStore(backbone, cfg.anchors.get("cache_dir"), int(cfg.anchors.get("batch_size", 256)))
     evaluators = make_evaluators(modality, eval_cfg, anchors, device, int(cfg.num_workers), cfg.bad_samples,
                                  datasets)

@@ -133,7 +133,7 @@ def test_misspelled_experiment_fails_naming_the_closest(tmp_path):
     [
         (["experiment=audio/vitlens_l_audiost"],
          "config `experiment`: unknown experiment `audio/vitlens_l_audiost` (closest: audio/vitlens_l_audioset, "
-         "audio/vitlens_l_audioset_vggsound, pointcloud/vitlens_l_shapenet) (known: "),
+         "audio/vitlens_l_audioset_vggsound, audio/vitlens_instructblip) (known: "),
         (["+experiment=nope", "debug=default"], "config `experiment`: unknown experiment `nope` (known: "),
         (["experiment=pointcloud/vitlens_l_shapenet", "debug=defualt"],
          "config `debug`: unknown debug `defualt` (closest: default) (known: default)"),

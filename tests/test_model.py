@@ -31,7 +31,7 @@ def test_width_mismatches_name_both_numbers(tiny_backbone):
         build_lens_model("toy", trunk, lens_cfg={"latent_dim": 32})
     with pytest.raises(ConfigError, match=r"lens.input_dim.*tokenizer gives 24-wide .* lens reads 30-wide"):
         build_lens_model("toy", trunk, lens_cfg={"input_dim": 30})
-    with pytest.raises(ConfigError, match=r"lens.num_latents.*lens gives 9 tokens .* 16 patch positions"):
+    with pytest.raises(ConfigError, match=r"lens.num_latents.*input gives 9 tokens .* 16 patch positions"):
         build_lens_model("toy", trunk, lens_cfg={"num_latents": 9})
     flexible = tiny_backbone.trunk(interpolate_positions=True)
     model, _ = build_lens_model("toy", flexible, lens_cfg={"num_latents": 9})

@@ -98,7 +98,7 @@ def test_block_hook_runs_before_its_block(vit_b16):
 
 def test_token_count_mismatch_is_a_config_error(vit_b16):
     trunk = vit_b16.trunk()
-    with pytest.raises(ConfigError, match=r"lens gives 100 tokens .* 196 patch positions"):
+    with pytest.raises(ConfigError, match=r"input gives 100 tokens .* 196 patch positions"):
         trunk(torch.randn(1, 100, 768))
     flexible = vit_b16.trunk(interpolate_positions=True)
     assert flexible(torch.randn(1, 100, 768)).shape == (1, 512)

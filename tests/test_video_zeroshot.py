@@ -194,3 +194,25 @@ def test_a_missing_published_file_fails_at_once_on_one_line(tmp_path, k400, monk
     with pytest.raises(ConfigError, match=r"`onnx` is not one of export, vificlip, ila"):
         zeroshot.run(zeroshot_cfg(tmp_path, tmp_path / "nope.pth", k400, "checkpoint_format=onnx"))
     assert time.perf_counter() - start < 10
+
+
+def test_frames_the_model_cannot_read_are_refused_naming_the_key(tmp_path, k400):
+    """Training and zero-shot stop before any step, naming the key to set: frames of another size
+    than the image tower reads, and (ILA, whose MIT learned a position per frame) another count."""
+    from omniclip.errors import ConfigError
+
+    with initialize_config_module("omniclip.recipes", version_base="1.3"):
+        cfg = compose("train", [
+            "experiment=video/ila_debug", "debug=default", f"data.train.root={k400}", "data.train.num_frames=4",
+            f"output_dir={tmp_path / 'run'}", f"anchors.cache_dir={tmp_path / 'anchors'}"])  # size stays 224
+    with pytest.raises(ConfigError, match=r"is 224, but the model's image tower reads 32-px frames: "
+                                          r"set data.train.size=32") as error:
+        train.build_trainer(cfg)
+    assert error.value.key == "data.train.size"
+    _, export = train_and_export(tmp_path, k400, "ila_debug")  # 4 frames
+    with pytest.raises(ConfigError, match=r"is 8, but this model learned positions for 4 frames") as error:
+        zeroshot.run(zeroshot_cfg(tmp_path, export, k400, frames=8))
+    assert error.value.key == "eval.tasks.kinetics400.dataset.num_frames"
+    with pytest.raises(ConfigError) as error:
+        zeroshot.run(zeroshot_cfg(tmp_path, export, k400, "eval.tasks.kinetics400.dataset.size=64"))
+    assert error.value.key == "eval.tasks.kinetics400.dataset.size"

@@ -41,7 +41,9 @@ from omniclip.losses import LogitScale
 from omniclip.modalities.video.batch_transforms import build_batch_transform
 from omniclip.modalities.video.datasets import CLASS_NAME_FILES, build_dataset
 from omniclip.modalities.video.io import VIDEO_SUFFIXES
+from omniclip.modalities.video.sampling import SamplingOptions
 from omniclip.modalities.video.templates import TEMPLATES
+from omniclip.modalities.video.transforms import TransformOptions
 from omniclip.modality import Modality, write_export
 from omniclip.modality import collate_views as collate_view_rows  # this module's own name is the public one
 from omniclip.prompts import TextPrompts, add_vision_prompts
@@ -170,6 +172,21 @@ class VideoModality(Modality):
             return ClassObjective(class_text, LogitScale(scale, learnable=bool(loss.get("learnable_scale", False))),
                                   label_smoothing=float(loss.get("label_smoothing", 0.0)),
                                   conditioner=getattr(model, "prompts", None))
+
+    def check_model_data(self, model: nn.Module, dataset_cfg: Mapping[str, Any], key: str) -> None:
+        """Frames as large as the model's image tower reads them (``size``), and, for a model with
+        per-frame positions (ILA's MIT), as many as it learned (``num_frames``)."""
+        trunk = getattr(model, "trunk", None)
+        size = int(dataset_cfg.get("size", TransformOptions.size))
+        resamples = trunk is not None and trunk.allow_interpolation and not isinstance(model, ILAVideoModel)
+        if trunk is not None and size != trunk.image_size and not resamples:  # ILA's masks are on the patch grid
+            raise ConfigError(f"{key}.size", f"is {size}, but the model's image tower reads {trunk.image_size}-px "
+                                             f"frames: set {key}.size={trunk.image_size}")
+        frames = getattr(model, "num_frames", None)
+        given = int(dataset_cfg.get("num_frames", SamplingOptions.num_frames))
+        if frames is not None and given != frames:
+            raise ConfigError(f"{key}.num_frames", f"is {given}, but this model learned positions for {frames} "
+                                                   f"frames: set {key}.num_frames={frames}")
 
     def build_batch_transform(self, cfg: DictConfig,
                               dataset: Dataset | None = None) -> Callable[[dict[str, Any], torch.Generator], dict[str, Any]] | None:
