@@ -196,14 +196,19 @@ def help_text(prog: str, config_name: str, description: str, overrides: Sequence
     recipe = _Recipe.load(config_name)
     roots = _recipe_roots(overrides)
     groups = [g for g in recipe.groups if g != "experiment"]
+    # A training recipe's experiments also pick groups no default names (``model``, for video).
+    extra = sorted({entry.name for root in roots if root.is_dir() for entry in root.iterdir()
+                    if entry.is_dir() and entry.name not in recipe.groups and entry.name not in ("experiment", "hydra")
+                    and group_options(entry.name, roots)}) if "experiment" in recipe.groups else []
     lines = [f"usage: {prog} {'[experiment=NAME] ' if 'experiment' in recipe.groups else ''}"
              "[GROUP=OPTION ...] [KEY=VALUE ...] [--debug] [--verbose]", "", *textwrap.wrap(description, 100)]
     if "experiment" in recipe.groups:
         lines += ["", "experiments (experiment=NAME):", *(f"  {name}" for name in group_options("experiment", roots) or [])]
     lines += ["", "config groups (GROUP=OPTION, default in brackets):"]
-    width = max(map(len, groups), default=0)
-    for group in groups:
-        head = f"  {group.ljust(width)}  [{_show(recipe.groups[group])}]  "
+    width = max(map(len, groups + extra), default=0)
+    for group in groups + extra:
+        default = _show(recipe.groups[group]) if group in recipe.groups else "set by the experiment"
+        head = f"  {group.ljust(width)}  [{default}]  "
         lines += textwrap.wrap(", ".join(group_options(group, roots) or []), 100, initial_indent=head,
                                subsequent_indent=" " * len(head), break_on_hyphens=False)
     lines += ["", "common keys (KEY=VALUE; any key of the composed recipe can be set):"]

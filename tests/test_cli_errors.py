@@ -70,6 +70,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, expected: str) -> N
         ("train", ["usage: omniclip-train [experiment=NAME]", "Train a lens into a frozen CLIP ViT",
                    "experiments (experiment=NAME):", *(f"\n  {e}\n" for e in EXPERIMENTS),
                    f"  modality  [required]  {', '.join(OPTIONS['modality'])}", "trainer.max_steps=10000",
+                   "  model     [set by the experiment]  ila, vificlip, vificlip_bridge_prompt",
                    "trainer.bad_samples=stop", "$OMNICLIP_DATA", "--debug", "--verbose"]),
         ("zeroshot", ["usage: omniclip-zeroshot [GROUP=OPTION ...]", "Zero-shot classification and retrieval",
                       "  eval  [required]  audiocaps, audioset, clotho, esc50,", *OPTIONS["eval"],

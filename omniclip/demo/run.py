@@ -143,7 +143,9 @@ THREADS_HELP = "torch CPU threads (default 1: the tiny models gain little from m
 
 def main(argv: Sequence[str] | None = None) -> int:
     modality = argparse.ArgumentParser(add_help=False)
-    modality.add_argument("--modality", choices=("pointcloud", "audio", "video"), default="pointcloud")
+    modality.add_argument("--modality", choices=("pointcloud", "audio", "video"), default="pointcloud",
+                          help="pointcloud (default): 3D lens into a frozen ViT; audio: the same for sounds; "
+                               "video: moving shapes, mean pooling against ILA (each has its own --help)")
     modality.add_argument("--verbose", action="store_true",
                           help="also show dependencies' log lines (open_clip's model-building messages)")
     chosen, rest = modality.parse_known_args(argv)
