@@ -126,6 +126,8 @@ def _export(fmt: str, load: Callable[..., Any], model_config: Callable[[nn.Modul
         from omniclip.modalities.video import VideoModality
         from omniclip.modality import write_export
 
+        if not Path(src).is_file():  # before the base CLIP loads (or fails to download)
+            raise FileNotFoundError(f"checkpoint file not found: {src}")
         name = str(config["backbone"])
         pretrained = config.get("pretrained")
         if pretrained is None and name == DEFAULT_CONFIG["backbone"]:
