@@ -131,20 +131,14 @@ def preset(name: str, seed: int = 0, splits: Sequence[Sequence[int]] | None = No
     ``splits`` replaces the preset's held-out splits."""
     base = AudioDemoConfig(seed=seed)
     base = replace(base, clip=replace(base.clip, seed=seed))
-    if name == "quick":
-        cfg = replace(
-            base,
-            clip=replace(base.clip, steps=4, batch_size=16, warmup_steps=1, eval_per_class=2),
-            train=replace(base.train, steps=2, batch_size=8, warmup_steps=1),
-            train_per_class=2,
-            test_per_class=2,
-        )
-    elif name == "default":
-        cfg = base
-    elif name == "study":
-        cfg = replace(base, splits=SPLITS)
-    else:
-        raise ValueError(f"unknown preset `{name}` (quick, default, study)")
+    quick = replace(
+        base,
+        clip=replace(base.clip, steps=4, batch_size=16, warmup_steps=1, eval_per_class=2),
+        train=replace(base.train, steps=2, batch_size=8, warmup_steps=1),
+        train_per_class=2,
+        test_per_class=2,
+    )
+    cfg = experiment.pick_preset(name, base, quick, replace(base, splits=SPLITS))
     if splits is not None:
         cfg = replace(cfg, splits=tuple(tuple(s) for s in splits))
     return cfg

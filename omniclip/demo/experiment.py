@@ -36,6 +36,15 @@ class LensTrainConfig:
     image_weight: float = 1.0  # the frozen CLIP embedding of each sample's own image
 
 
+def pick_preset(name: str, base: Any, quick: Any, study: Any) -> Any:
+    """The demo config of preset ``name``: ``quick`` (a smoke test of the whole pipeline),
+    ``default`` (``base``) or ``study`` (every held-out split)."""
+    presets = {"quick": quick, "default": base, "study": study}
+    if name not in presets:
+        raise ValueError(f"unknown preset `{name}` (quick, default, study)")
+    return presets[name]
+
+
 def train_lens(model: LensModel, backbone: ClipBackbone, train: Dataset, cfg: LensTrainConfig,
                out_dir: str | Path, seed: int) -> dict[str, Any]:
     """Fit ``model`` on ``train`` (sample dicts with ``text`` and ``image`` anchors, e.g. a

@@ -63,21 +63,16 @@ class DemoConfig:
 def preset(name: str, seed: int = 0) -> DemoConfig:
     """``quick`` (smoke test), ``default`` (one split, < 10 min on 2 cores) or ``study`` (all `SPLITS`)."""
     base = DemoConfig(seed=seed, clip=ClipPretrainConfig(seed=seed))
-    if name == "quick":
-        return replace(
-            base,
-            world=replace(base.world, num_points=64, render_points=1024),
-            clip=replace(base.clip, steps=4, batch_size=16, warmup_steps=1, eval_per_class=2),
-            lens=replace(base.lens, num_groups=8, group_size=8),
-            train=replace(base.train, steps=2, batch_size=8, warmup_steps=1),
-            train_per_class=2,
-            test_per_class=2,
-        )
-    if name == "default":
-        return base
-    if name == "study":
-        return replace(base, splits=SPLITS)
-    raise ValueError(f"unknown preset `{name}` (quick, default, study)")
+    quick = replace(
+        base,
+        world=replace(base.world, num_points=64, render_points=1024),
+        clip=replace(base.clip, steps=4, batch_size=16, warmup_steps=1, eval_per_class=2),
+        lens=replace(base.lens, num_groups=8, group_size=8),
+        train=replace(base.train, steps=2, batch_size=8, warmup_steps=1),
+        train_per_class=2,
+        test_per_class=2,
+    )
+    return experiment.pick_preset(name, base, quick, replace(base, splits=SPLITS))
 
 
 def run_split(cfg: DemoConfig, backbone: ClipBackbone, held_out: Sequence[int], out_dir: Path,

@@ -43,7 +43,7 @@ from torch.utils.data import Dataset
 
 from omniclip.backbone import ClipBackbone
 from omniclip.demo.clip_pretrain import ClipPretrainConfig, pretrain_clip
-from omniclip.demo.experiment import evaluate, held_out_mask, plot_confusion
+from omniclip.demo.experiment import evaluate, held_out_mask, pick_preset, plot_confusion
 from omniclip.demo.video_world import (
     AXES,
     FRAME_TEMPLATES,
@@ -135,23 +135,17 @@ def preset(name: str, seed: int = 0, split: int | None = None) -> VideoDemoConfi
     ``split`` picks one of `SPLITS` instead of the preset's."""
     base = VideoDemoConfig(seed=seed)
     base = replace(base, clip=replace(base.clip, seed=seed))
-    if name == "quick":
-        cfg = replace(
-            base,
-            world=replace(base.world, num_frames=4, render_points=512),
-            clip=replace(base.clip, steps=3, batch_size=16, warmup_steps=1, eval_per_class=2),
-            vifi=replace(base.vifi, steps=2, batch_size=4, warmup_steps=1),
-            ila=replace(base.ila, steps=2, batch_size=4, warmup_steps=1),
-            ila_hidden=16,
-            train_per_class=1,
-            test_per_class=2,
-        )
-    elif name == "default":
-        cfg = base
-    elif name == "study":
-        cfg = replace(base, splits=SPLITS)
-    else:
-        raise ValueError(f"unknown preset `{name}` (quick, default, study)")
+    quick = replace(
+        base,
+        world=replace(base.world, num_frames=4, render_points=512),
+        clip=replace(base.clip, steps=3, batch_size=16, warmup_steps=1, eval_per_class=2),
+        vifi=replace(base.vifi, steps=2, batch_size=4, warmup_steps=1),
+        ila=replace(base.ila, steps=2, batch_size=4, warmup_steps=1),
+        ila_hidden=16,
+        train_per_class=1,
+        test_per_class=2,
+    )
+    cfg = pick_preset(name, base, quick, replace(base, splits=SPLITS))
     if split is not None:
         cfg = replace(cfg, splits=(SPLITS[split],))
     return cfg
