@@ -133,9 +133,9 @@ def _numpy_seed(seed: int) -> Iterator[None]:
 
 # ------------------------------------------------------------------------------------------ inputs
 def video_suffixes() -> tuple[str, ...]:
-    from omniclip.modalities.video.io import VIDEO_SUFFIXES
+    from omniclip.modality import get_modality
 
-    return tuple(VIDEO_SUFFIXES)
+    return tuple(get_modality("video").file_suffixes)
 
 
 def is_video_file(path: Path, reader: Reader | None) -> bool:
@@ -275,13 +275,9 @@ class VideoDescriber:
     def frames(self, path: Path) -> torch.Tensor:
         """``num_frames`` frames of ``path`` [T, 3, H, W] uint8 (short videos repeat their last);
         an unreadable file raises the video modality's `SampleError`, naming it."""
-        from omniclip.modalities.video.io import probe, read_frames
-        from omniclip.modalities.video.sampling import SamplingOptions, sample_indices
+        from omniclip.modality import get_modality
 
-        info = probe(path)
-        indices = sample_indices(info.num_frames, SamplingOptions(num_frames=self.num_frames, method="uniform"),
-                                 train=False)[0]
-        return read_frames(path, indices, info=info, layout="TCHW")
+        return get_modality("video").read_clip(path, self.num_frames)  # the core imports no video code
 
     @torch.no_grad()
     def features(self, files: Sequence[Path]) -> torch.Tensor:

@@ -173,6 +173,18 @@ class VideoModality(Modality):
                                   label_smoothing=float(loss.get("label_smoothing", 0.0)),
                                   conditioner=getattr(model, "prompts", None))
 
+    def read_clip(self, path: str | Path, num_frames: int) -> torch.Tensor:
+        """``num_frames`` uniformly spaced frames of the video ``path``, uint8 [T, 3, H, W] (a short
+        video repeats its last frame), for callers outside the datasets (``omniclip-describe``);
+        an unreadable file raises `SampleError`, naming it."""
+        from omniclip.modalities.video.io import probe, read_frames
+        from omniclip.modalities.video.sampling import sample_indices
+
+        info = probe(path)
+        indices = sample_indices(info.num_frames, SamplingOptions(num_frames=num_frames, method="uniform"),
+                                 train=False)[0]
+        return read_frames(path, indices, info=info, layout="TCHW")
+
     def check_model_data(self, model: nn.Module, dataset_cfg: Mapping[str, Any], key: str) -> None:
         """Frames as large as the model's image tower reads them (``size``), and, for a model with
         per-frame positions (ILA's MIT), as many as it learned (``num_frames``)."""
