@@ -6,22 +6,16 @@ the tiny benchmark itself).
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_instructblip.py"
+from tests.tools import load_tool
+
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("bench_instructblip", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_instructblip")
 
 
 def test_help_names_the_options(capsys):

@@ -6,22 +6,16 @@ tiny benchmark itself), with one timed step per setting and one short generated 
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_video_model.py"
+from tests.tools import load_tool
+
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("bench_video_model", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_video_model")
 
 
 def test_help_names_the_shape_options(capsys):
