@@ -18,7 +18,7 @@ import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -118,31 +118,20 @@ def load_instructblip(
     freeze: bool = True,
 ) -> InstructBlipBackbone:
     """Load ``instructblip:<folder or hub id>`` (model and processor) in ``precision``."""
-    from transformers import AutoConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor
+    from transformers import InstructBlipForConditionalGeneration, InstructBlipProcessor
 
-    source = _resolve(name, cache_dir)  # a local folder
     if precision not in DTYPES:
         raise ConfigError("backbone.precision", f"`{precision}` for an InstructBLIP backbone (known: "
                           f"{', '.join(DTYPES)})")
-    where = dict(local_files_only=True)
-    try:
-        config = AutoConfig.from_pretrained(source, **where)
-    except (OSError, ValueError) as exc:
-        raise _unloadable(name, "its config.json", exc) from exc
-    if config.model_type != "instructblip":
-        raise ConfigError("backbone.name", f"`{name}` is a `{config.model_type}` model, not InstructBLIP "
-                          "(model_type `instructblip`)")
-    _require_in(name, source, "qformer_tokenizer")  # transformers would silently use the LM's tokenizer
-    try:
-        with _no_progress_bars():  # loading a backbone prints nothing, as open_clip's does
-            model = InstructBlipForConditionalGeneration.from_pretrained(source, dtype=DTYPES[precision], **where)
-    except OSError as exc:
-        raise _unloadable(name, "its weights", exc) from exc
-    try:
-        processor = InstructBlipProcessor.from_pretrained(source, **where)
-    except (OSError, ValueError, TypeError) as exc:
-        raise _unloadable(name, "its processor (tokenizer, qformer_tokenizer, image processor; save it with "
-                                "processor.save_pretrained into the model's folder)", exc) from exc
+
+    def wrong_type(model_type: str) -> Exception:
+        return ConfigError("backbone.name", f"`{name}` is a `{model_type}` model, not InstructBLIP "
+                           "(model_type `instructblip`)")
+
+    model, processor = load_pretrained(name, InstructBlipForConditionalGeneration, InstructBlipProcessor,
+                                       "instructblip", wrong_type, "image processor", cache_dir,
+                                       DTYPES[precision])
+    config = model.config
     if processor.num_query_tokens is None:  # processors saved before transformers recorded the count
         processor.num_query_tokens = config.num_query_tokens
     if processor.num_query_tokens != config.num_query_tokens:
@@ -158,6 +147,45 @@ def load_instructblip(
         model.requires_grad_(False)
         model.eval()
     return InstructBlipBackbone(model, processor, name)
+
+
+def read_config(name: str, cache_dir: str | None = None) -> tuple[Path, Any]:
+    """The local folder of the BLIP-family checkpoint ``name`` (``instructblip:<folder or hub
+    id>``) and its config; offline, a hub id that is not cached fails at once naming what to
+    download."""
+    from transformers import AutoConfig
+
+    source = _resolve(name, cache_dir)
+    try:
+        return source, AutoConfig.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise _unloadable(name, "its config.json", exc) from exc
+
+
+def load_pretrained(name: str, model_cls: type, processor_cls: type, model_type: str,
+                    wrong_type: Callable[[str], Exception], media_processor: str,
+                    cache_dir: str | None = None, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
+    """Model and processor of the checkpoint ``name`` from its local folder (see `read_config`).
+
+    The config's ``model_type`` is checked before the weights load (``wrong_type(found)`` is
+    raised otherwise), and the processor's ``qformer_tokenizer/`` must be there: without it
+    transformers silently gives the Q-Former the language model's tokenizer.
+    """
+    source, config = read_config(name, cache_dir)
+    if config.model_type != model_type:
+        raise wrong_type(config.model_type)
+    _require_in(name, source, "qformer_tokenizer")
+    try:
+        with _no_progress_bars():  # loading a backbone prints nothing, as open_clip's does
+            model = model_cls.from_pretrained(source, local_files_only=True, **({} if dtype is None else {"dtype": dtype}))
+    except OSError as exc:
+        raise _unloadable(name, "its weights", exc) from exc
+    try:
+        processor = processor_cls.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise _unloadable(name, f"its processor (tokenizer, qformer_tokenizer, {media_processor}; save it with "
+                                "processor.save_pretrained into the model's folder)", exc) from exc
+    return model, processor
 
 
 @contextlib.contextmanager
@@ -222,4 +250,4 @@ def _unloadable(name: str, what: str, exc: BaseException) -> WeightsUnavailableE
     return WeightsUnavailableError(f"backbone `{name}`: cannot load {what} ({first})")
 
 
-__all__ = ["InstructBlipBackbone", "PREFIX", "is_instructblip", "load_instructblip"]
+__all__ = ["InstructBlipBackbone", "PREFIX", "is_instructblip", "load_instructblip", "load_pretrained", "read_config"]

@@ -306,15 +306,10 @@ class VideoDescriber:
 def model_type(instructblip: str) -> str:
     """``model_type`` of the checkpoint ``instructblip`` names (resolving a hub id as loading
     does: offline, a missing one fails at once naming what to download)."""
-    from transformers import AutoConfig
-
-    from omniclip.blip_backbone import _resolve, _unloadable
+    from omniclip.blip_backbone import read_config
 
     name = instructblip if is_instructblip(instructblip) else PREFIX + instructblip
-    try:
-        return str(AutoConfig.from_pretrained(_resolve(name, None), local_files_only=True).model_type)
-    except (OSError, ValueError) as exc:
-        raise _unloadable(name, "its config.json", exc) from exc
+    return str(read_config(name)[1].model_type)
 
 
 def load_video_describer(instructblip: str, device: str | torch.device = "cpu",
@@ -324,24 +319,16 @@ def load_video_describer(instructblip: str, device: str | torch.device = "cpu",
     ``num_frames``, else its video processor's), else `DEFAULT_NUM_FRAMES`."""
     from transformers import InstructBlipVideoForConditionalGeneration, InstructBlipVideoProcessor
 
-    from omniclip.blip_backbone import _no_progress_bars, _require_in, _resolve, _unloadable
+    from omniclip.blip_backbone import load_pretrained
 
     name = instructblip if is_instructblip(instructblip) else PREFIX + instructblip
-    source = _resolve(name, None)
-    _require_in(name, source, "qformer_tokenizer")  # transformers would silently use the LM's tokenizer
-    try:
-        with _no_progress_bars():
-            model = InstructBlipVideoForConditionalGeneration.from_pretrained(source, local_files_only=True)
-    except OSError as exc:
-        raise _unloadable(name, "its weights", exc) from exc
-    if model.config.model_type != VIDEO_MODEL_TYPE:
-        raise DescribeError(f"--instructblip {instructblip}: a `{model.config.model_type}` model; videos need an "
-                            f"InstructBlipVideo checkpoint (model_type `{VIDEO_MODEL_TYPE}`)")
-    try:
-        processor = InstructBlipVideoProcessor.from_pretrained(source, local_files_only=True)
-    except (OSError, ValueError, TypeError) as exc:
-        raise _unloadable(name, "its processor (tokenizer, qformer_tokenizer, video processor; save it with "
-                                "processor.save_pretrained into the model's folder)", exc) from exc
+
+    def wrong_type(model_type: str) -> Exception:
+        return DescribeError(f"--instructblip {instructblip}: a `{model_type}` model; videos need an "
+                             f"InstructBlipVideo checkpoint (model_type `{VIDEO_MODEL_TYPE}`)")
+
+    model, processor = load_pretrained(name, InstructBlipVideoForConditionalGeneration, InstructBlipVideoProcessor,
+                                       VIDEO_MODEL_TYPE, wrong_type, "video processor")
     token = processor.tokenizer.convert_tokens_to_ids(placeholder_text(processor))
     if token != model.config.video_token_id:
         raise DescribeError(f"--instructblip {instructblip}: the processor's video token `{placeholder_text(processor)}` "
