@@ -257,6 +257,19 @@ def test_a_folder_of_another_model_type_or_without_the_qformer_tokenizer_is_refu
         load_backbone(f"instructblip:{tmp_path / 'partial'}")
 
 
+def test_an_image_checkpoint_given_for_videos_is_refused_before_its_weights_load(assets, monkeypatch):
+    from transformers import InstructBlipVideoForConditionalGeneration
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights were read before the model type was checked")
+
+    monkeypatch.setattr(InstructBlipVideoForConditionalGeneration, "from_pretrained", no_weights)
+    with pytest.raises(describe.DescribeError) as info:
+        describe.load_video_describer(str(assets["model_dir"]))
+    assert str(info.value) == (f"--instructblip {assets['model_dir']}: a `instructblip` model; videos need an "
+                               "InstructBlipVideo checkpoint (model_type `instructblipvideo`)")
+
+
 @pytest.mark.parametrize(("name", "problem"), [
     ("bad.npy", None),  # the point-cloud reader's own message
     ("missing.npy", "file not found"),
