@@ -191,7 +191,9 @@ def _resolve_tag(name: str, tag: str, cache_dir: str | None) -> str:
     else:
         source = cfg.get("url", "the URL in open_clip's pretrained table")
     _require_network(f"the weights `{name}` / `{tag}`", source,
-                     "then pass its path as backbone.pretrained=/path/to/file")
+                     "then pass its path as the backbone's weights: backbone.pretrained=/path/to/file "
+                     "(omniclip-train), backbone_pretrained=/path/to/file (omniclip-zeroshot) or "
+                     "--set pretrained=/path/to/file (omniclip-convert)")
     return tag
 
 

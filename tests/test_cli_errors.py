@@ -258,7 +258,9 @@ def test_missing_weights_offline_is_one_line(tmp_path):
     (line,) = proc.stderr.splitlines()
     assert line.startswith("omniclip-train: error: the weights `ViT-B-16` / `datacomp_xl_s13b_b90k` are not in "
                            "the local cache and huggingface.co cannot be reached (offline).")
-    assert line.endswith("then pass its path as backbone.pretrained=/path/to/file.")
+    assert line.endswith("then pass its path as the backbone's weights: backbone.pretrained=/path/to/file "
+                         "(omniclip-train), backbone_pretrained=/path/to/file (omniclip-zeroshot) or "
+                         "--set pretrained=/path/to/file (omniclip-convert).")
     assert "Traceback" not in proc.stdout + proc.stderr and "Parsing model identifier" not in proc.stdout
 
 
