@@ -138,9 +138,12 @@ THREADS_HELP = "torch CPU threads (default 1: the tiny models gain little from m
 
 def main(argv: Sequence[str] | None = None) -> int:
     modality = argparse.ArgumentParser(add_help=False)
-    modality.add_argument("--modality", choices=("pointcloud", "audio", "video"), default="pointcloud",
+    modality.add_argument("--modality", choices=("pointcloud", "audio", "video", "describe"), default="pointcloud",
                           help="pointcloud (default): 3D lens into a frozen ViT; audio: the same for sounds; "
-                               "video: moving shapes, mean pooling against ILA (each has its own --help)")
+                               "video: moving shapes, mean pooling against ILA; describe: point clouds described "
+                               "in words by a tiny InstructBLIP (each has its own --help)")
+    modality.add_argument("--describe", action="store_const", const="describe", dest="modality",
+                          help="the describing demo: the same as --modality describe")
     modality.add_argument("--verbose", action="store_true",
                           help="also show dependencies' log lines (open_clip's model-building messages)")
     chosen, rest = modality.parse_known_args(argv)
@@ -153,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from omniclip.demo import video_demo
 
         return video_demo.main(rest)
+    if chosen.modality == "describe":
+        from omniclip.demo import describe_demo
+
+        return describe_demo.main(rest)
     parser = argparse.ArgumentParser(prog="omniclip-demo", description=__doc__.split("\n\n")[0].replace("``", ""),
                                      parents=[modality])
     mode = parser.add_mutually_exclusive_group()
