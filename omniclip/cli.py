@@ -281,12 +281,21 @@ def _fix_hint(exc: BaseException, cfg: DictConfig | None) -> str:
 
 
 def _data_hint(key: str, cfg: DictConfig | None) -> str:
-    name = OmegaConf.select(cfg, key.rsplit(".", 1)[0] + ".name", default=None) if cfg is not None else None
+    section = key.rsplit(".", 1)[0]
+    name = OmegaConf.select(cfg, section + ".name", default=None) if cfg is not None else None
+    root = OmegaConf.select(cfg, key, default=None) if cfg is not None else None
+    tools = sorted(p.stem.removeprefix("prepare_") for p in _TOOLS_DIR.glob("prepare_*.py"))
+    # The dataset's name, or, for a format's name such as `list`, the recipe folder's name when
+    # that is what a prepare tool knows (data/kinetics400 -> tools/prepare_kinetics.py).
+    label, tool = name, None
+    for candidate in (name, Path(str(root)).name if name and root else None):
+        tool = next((t for t in tools if candidate and str(candidate).startswith(t)), None)
+        if tool:
+            label = candidate
+            break
     where = os.environ.get("OMNICLIP_DATA")
     hint = (f"datasets are looked up under $OMNICLIP_DATA ({'now ' + where if where else 'unset: data/'}); "
-            f"set {key}=/path/to/{name or 'dataset'}")
-    tools = sorted(p.stem.removeprefix("prepare_") for p in _TOOLS_DIR.glob("prepare_*.py")) if name else []
-    tool = next((t for t in tools if str(name).startswith(t)), None)
+            f"set {key}=/path/to/{label or 'dataset'}")
     return hint + (f", or prepare it with python tools/prepare_{tool}.py" if tool else "")
 
 

@@ -323,6 +323,11 @@ def test_required_key_left_unset_is_one_line(capsys, monkeypatch):
          "omniclip-train: error: config `data.train.root`: folder data/shapenet-55 does not exist; datasets are "
          "looked up under $OMNICLIP_DATA (unset: data/); set data.train.root=/path/to/ulip_shapenet, or prepare "
          "it with python tools/prepare_ulip.py"),
+        (ConfigError("data.train.root", "folder data/kinetics400 does not exist"),  # a format's name: `list`
+         {"trainer": {}, "data": {"train": {"name": "list", "root": "data/kinetics400"}}},
+         "omniclip-train: error: config `data.train.root`: folder data/kinetics400 does not exist; datasets are "
+         "looked up under $OMNICLIP_DATA (unset: data/); set data.train.root=/path/to/kinetics400, or prepare "
+         "it with python tools/prepare_kinetics.py"),
         (SampleError("a.wav", "silent"), {"checkpoint": "x"},
          "omniclip-train: error: a.wav: silent; set bad_samples=skip to skip unusable files and count them"),
         (ConfigError("trainer.resume", "cannot resume:\n  lens.depth 2 -> 3\n  trainer.seed 0 -> 1"), {"trainer": {}},
