@@ -3,33 +3,39 @@
 The text and image towers never train, so the embedding of a caption or a paired image is a
 pure function of (model, weights, content). `AnchorStore` keys features by exactly that:
 
-    <root>/<tower>/<model name>-<weights fingerprint>/shard-*.safetensors
+    <root>/<tower>/<model name>-<weights fingerprint>[-<dtype>]/shard-*.safetensors, index.safetensors
 
-Each shard holds a ``features`` matrix and, in its metadata, the content keys of its rows
-(sha1 of the caption text; the dataset's ``image_key`` for images). A training step whose
-anchors are all cached never runs a tower. New features are appended as new shards, written
-atomically, so several ranks or runs can share one cache directory.
+(the dtype suffix only when features are stored in less than float32). Rows are keyed by the
+sha1 of the caption text or of the dataset's ``image_key``. The folder's layout, its index and
+why many writers cannot corrupt it are described in `omniclip.anchor_shards`: lookups read only
+the rows they need through memory maps, so a cache of millions of captions costs a training
+process a few pages per key, not the whole cache in RAM. A training step whose anchors are all
+cached never runs a tower; misses are computed, kept in memory and appended as new shards by
+`flush`. ``omniclip-anchors`` fills the cache, split across ranks under torchrun.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
+from omniclip.anchor_shards import ShardFolder, digests, store_dtype_name
 from omniclip.backbone import ClipBackbone
 
+log = logging.getLogger(__name__)
+
 TOWERS = ("text", "image")
+DEFAULT_SHARD_SIZE = 65536
 
 
 def content_key(value: str) -> str:
+    """The cache key of a caption or image key: its sha1, the same in every process."""
     return hashlib.sha1(value.encode("utf-8")).hexdigest()
 
 
@@ -37,23 +43,38 @@ class AnchorStore:
     """Cache of normalised anchor features for one backbone.
 
     ``root=None`` keeps the cache in memory only; ``enabled=False`` turns caching off, so every
-    lookup runs the towers (the baseline the benchmark compares against).
+    lookup runs the towers (the baseline the benchmark compares against). ``dtype`` is how
+    features are stored on disk (float32 keeps them exact; float16 halves the disk and page
+    cache); lookups always return float32. ``shard_size`` is the most rows one shard holds.
     """
 
     def __init__(
-        self, backbone: ClipBackbone, root: str | Path | None = None, batch_size: int = 256, enabled: bool = True
+        self, backbone: ClipBackbone, root: str | Path | None = None, batch_size: int = 256, enabled: bool = True,
+        dtype: torch.dtype | str = torch.float32, shard_size: int = DEFAULT_SHARD_SIZE,
     ) -> None:
         self.backbone = backbone
         self.root = Path(root) if root is not None else None
         self.batch_size = batch_size
         self.enabled = enabled
-        self._features: dict[str, dict[str, torch.Tensor]] = {t: {} for t in TOWERS}
+        self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        store_dtype_name(self.dtype)
+        if shard_size < 1:
+            raise ValueError(f"anchors.shard_size must be >= 1, got {shard_size}")
+        self.shard_size = shard_size
+        #: Features computed by this process (served from memory afterwards), and those not yet flushed.
+        self._computed: dict[str, dict[str, torch.Tensor]] = {t: {} for t in TOWERS}
         self._pending: dict[str, dict[str, torch.Tensor]] = {t: {} for t in TOWERS}
         #: Number of times each tower actually ran (tests and logs read it).
         self.tower_calls = {t: 0 for t in TOWERS}
         self.hits = {t: 0 for t in TOWERS}
         self.misses = {t: 0 for t in TOWERS}
-        self._loaded = {t: False for t in TOWERS}
+        self._disk: dict[str, ShardFolder] = {}
+
+    @classmethod
+    def from_config(cls, backbone: ClipBackbone, cfg: Any) -> "AnchorStore":
+        """The store a recipe's ``anchors`` group describes (cache_dir, batch_size, shard_size, dtype)."""
+        return cls(backbone, cfg.get("cache_dir"), int(cfg.get("batch_size", 256)),
+                   dtype=str(cfg.get("dtype", "float32")), shard_size=int(cfg.get("shard_size", DEFAULT_SHARD_SIZE)))
 
     # ------------------------------------------------------------------ public
     def text(self, texts: Sequence[str]) -> torch.Tensor:
@@ -73,71 +94,108 @@ class AnchorStore:
 
         return self._lookup("image", hashed, compute)
 
+    def cached(self, tower: str, values: Sequence[str]) -> np.ndarray:
+        """Whether each caption (``tower="text"``) or image key is cached, without reading features."""
+        keys = [content_key(v) for v in values]
+        known = np.array([k in self._computed[tower] for k in keys], bool)
+        disk = self.shards(tower)
+        if disk is not None and not known.all():
+            rest = np.flatnonzero(~known)
+            known[rest] = disk.locate(digests([keys[i] for i in rest]))[0] >= 0
+        return known
+
     def encode_text_fn(self) -> Callable[[list[str]], torch.Tensor]:
         """A cached ``encode_text`` for zero-shot classifier building."""
         return self.text
 
-    def flush(self) -> Path | None:
-        """Write features computed since the last flush as new shards; returns the last shard."""
+    def flush(self, full_only: bool = False) -> Path | None:
+        """Write features computed since the last flush as new shards of at most ``shard_size``
+        rows; returns the last shard written. ``full_only`` writes only full shards and keeps the
+        rest pending (a long precompute persists its progress without writing tiny shards)."""
         written = None
         for tower in TOWERS:
             pending = self._pending[tower]
             if not pending or self.root is None:
                 pending.clear()
                 continue
-            folder = self._folder(tower)
-            folder.mkdir(parents=True, exist_ok=True)
             keys = list(pending)
-            features = torch.stack([pending[k] for k in keys]).contiguous()
-            name = f"shard-{uuid.uuid4().hex[:12]}.safetensors"
-            tmp = folder / f".{name}.tmp"
-            save_file({"features": features}, str(tmp), metadata={"keys": json.dumps(keys)})
-            os.replace(tmp, folder / name)
-            pending.clear()
-            written = folder / name
+            stop = len(keys) - len(keys) % self.shard_size if full_only else len(keys)
+            for start in range(0, stop, self.shard_size):
+                chunk = keys[start : min(start + self.shard_size, stop)]
+                features = torch.stack([pending.pop(k) for k in chunk]).to(self.dtype)
+                written = self.shards(tower).write(digests(chunk), features, _writer_name())
         return written
 
-    def __len__(self) -> int:
+    def merge_index(self) -> None:
+        """Rewrite each tower folder's index to cover every shard in it (see `omniclip.anchor_shards`)."""
         for tower in TOWERS:
-            self._load(tower)
-        return sum(len(v) for v in self._features.values())
+            disk = self.shards(tower)
+            if disk is not None:
+                disk.merge_index()
+
+    def refresh(self) -> None:
+        """See shards and indexes other processes wrote since this store first read the cache."""
+        for disk in self._disk.values():
+            disk.refresh()
+
+    def shards(self, tower: str) -> ShardFolder | None:
+        """The on-disk cache of ``tower`` (None for an in-memory or disabled store)."""
+        if self.root is None or not self.enabled:
+            return None
+        if tower not in self._disk:
+            self._disk[tower] = ShardFolder(self._folder(tower))
+        return self._disk[tower]
+
+    def __len__(self) -> int:
+        """Distinct cached keys: on disk plus not yet flushed (in memory for a store without root)."""
+        total = 0
+        for tower in TOWERS:
+            disk = self.shards(tower)
+            total += len(self._computed[tower]) if disk is None else len(disk) + len(self._pending[tower])
+        return total
 
     # ------------------------------------------------------------------ internals
     def _folder(self, tower: str) -> Path:
         assert self.root is not None
-        return self.root / tower / f"{_safe(self.backbone.name)}-{self.backbone.fingerprint(tower)}"
-
-    def _load(self, tower: str) -> None:
-        if self._loaded[tower]:
-            return
-        self._loaded[tower] = True
-        if self.root is None or not self._folder(tower).is_dir():
-            return
-        for shard in sorted(self._folder(tower).glob("shard-*.safetensors")):
-            with safe_open(str(shard), framework="pt") as handle:
-                keys = json.loads(handle.metadata()["keys"])
-                features = handle.get_tensor("features")
-            self._features[tower].update(zip(keys, features))
+        suffix = "" if self.dtype == torch.float32 else f"-{store_dtype_name(self.dtype)}"
+        return self.root / tower / f"{_safe(self.backbone.name)}-{self.backbone.fingerprint(tower)}{suffix}"
 
     def _lookup(self, tower: str, keys: list[str], compute: Callable[[list[int]], torch.Tensor]) -> torch.Tensor:
-        self._load(tower)
-        table = self._features[tower] if self.enabled else {}
-        first_miss: dict[str, int] = {}
+        table = self._computed[tower] if self.enabled else {}
+        found: dict[str, torch.Tensor] = {}
+        first: dict[str, int] = {}
         for i, key in enumerate(keys):
-            if key not in table:
-                first_miss.setdefault(key, i)
-        todo = list(first_miss.values())
+            if key in table:
+                found[key] = table[key]
+            else:
+                first.setdefault(key, i)
+        disk = self.shards(tower)
+        if disk is not None and first:
+            wanted = list(first)
+            mask, features = disk.read(digests(wanted))
+            for key, feature in zip((k for k, m in zip(wanted, mask) if m), features if features is not None else ()):
+                found[key] = feature
+                del first[key]
+        todo = list(first.values())
         self.misses[tower] += len(todo)
-        self.hits[tower] += sum(key in table for key in keys)
+        self.hits[tower] += sum(key in found for key in keys)
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
             features = compute(chunk).float().cpu()
             self.tower_calls[tower] += 1
             for i, feature in zip(chunk, features):
-                table[keys[i]] = feature
+                found[keys[i]] = feature
                 if self.enabled:
+                    table[keys[i]] = feature
                     self._pending[tower][keys[i]] = feature
-        return torch.stack([table[k] for k in keys])
+        return torch.stack([found[k] for k in keys])
+
+
+def _writer_name() -> str:
+    """Shard name part naming the writer: its rank and process (names never collide anyway)."""
+    from omniclip.distributed import get_rank
+
+    return f"r{get_rank()}-p{os.getpid()}"
 
 
 def _safe(name: str) -> str:
@@ -146,41 +204,151 @@ def _safe(name: str) -> str:
 
 def precompute(cfg: Any) -> dict[str, int]:
     """Fill the anchor cache for a training recipe: captions and paired images of ``data.train``
-    and the class prompts of every ``eval`` task. Returns how many features were computed."""
-    from omegaconf import OmegaConf
-    from torch.utils.data import DataLoader
+    and the class prompts of every ``eval`` task. Returns how many features were computed (over
+    all ranks).
 
-    from omniclip.data import SafeDataset, collate_skipping
+    Under torchrun the work is split so that every missing key is embedded exactly once: each
+    rank surveys its slice of the dataset (items ``rank::world``), the ranks agree that a key
+    belongs to the rank that saw it at the lowest item index, and each rank embeds its own keys
+    into its own shards (captions from memory; images by reloading the items that carry them,
+    which `SeededDataset` rebuilds exactly). After a barrier rank 0 indexes every rank's shards,
+    then embeds the eval class prompts (few) itself.
+    """
     from omniclip.distributed import cleanup, init_distributed
+
+    env = init_distributed(cfg.get("device"))
+    try:
+        counts = _precompute(cfg, env)
+    except BaseException:
+        cleanup()  # no barrier: the other ranks may be inside another collective
+        raise
+    cleanup(synchronize=True)  # under torchrun: every rank done, then an orderly teardown (see `cleanup`)
+    return counts
+
+
+def _precompute(cfg: Any, env: Any) -> dict[str, int]:
+    from omegaconf import OmegaConf
+
+    from omniclip.data import ResumableSampler, build_loader
+    from omniclip.distributed import all_gather_object, barrier
     from omniclip.modality import get_modality
     from omniclip.recipe import build_backbone, build_dataset
     from omniclip.zeroshot import task_classifier
 
-    env = init_distributed(cfg.get("device"))
     backbone = build_backbone(cfg.backbone, env.device)
     modality = get_modality(cfg.modality.name)
-    store = AnchorStore(backbone, cfg.anchors.cache_dir, int(cfg.anchors.get("batch_size", 256)))
+    store = AnchorStore.from_config(backbone, cfg.anchors)
     dataset = build_dataset(modality, OmegaConf.to_container(cfg.data.train, resolve=True), "train", "data.train",
                             image_transform=backbone.preprocess)
-    loader = DataLoader(SafeDataset(dataset, cfg.trainer.bad_samples), batch_size=store.batch_size,
-                        num_workers=int(cfg.trainer.num_workers), collate_fn=collate_skipping(modality.collate))
-    for batch in loader:
-        if batch.get("texts") is not None:
-            store.text(batch["texts"])
-        if batch.get("image_keys") is not None:
-            store.image(batch["image_keys"], batch.get("images"))
-        store.flush()
-    for name, task in (OmegaConf.to_container(cfg.eval, resolve=True).get("tasks") or {}).items():
-        if task.get("type", "classification") != "classification":
-            continue
-        eval_set = build_dataset(modality, task["dataset"], task["dataset"].get("split", "test"),
-                                 f"eval.tasks.{name}.dataset")
-        task_classifier(modality, eval_set, task, store, f"eval.tasks.{name}")
-        store.flush()
-    counts = {tower: store.misses[tower] for tower in TOWERS}
-    print(f"anchors computed: {counts} (cache hits: {store.hits}); cache: {cfg.anchors.cache_dir}")
-    cleanup(synchronize=True)  # under torchrun: every rank done, then an orderly teardown (see `cleanup`)
+    sampler = ResumableSampler(len(dataset), shuffle=False, rank=env.rank, world_size=env.world_size,
+                               drop_last=False, batch_size=store.batch_size)
+    loader = build_loader(dataset, modality.collate, store.batch_size, sampler, int(cfg.trainer.num_workers),
+                          seed=0, policy=cfg.trainer.bad_samples, persistent_workers=False)
+    if env.world_size == 1:  # every key is this process's: embed while reading
+        for batch in loader:
+            _embed_batch(store, batch, None)
+    else:
+        seen = _survey(store, loader)
+        owned = {tower: _owned(seen[tower], env.rank) for tower in TOWERS}
+        texts = [seen["text"][key][1] for key in owned["text"]]
+        for start in range(0, len(texts), store.batch_size):
+            store.text(texts[start : start + store.batch_size])
+            store.flush(full_only=True)
+        _embed_images(store, loader, sampler.epoch, owned["image"], {k: seen["image"][k] for k in owned["image"]})
+    store.flush()
+    barrier()
+    if env.is_main:
+        store.merge_index()  # every rank's shards, each key once
+        for name, task in (OmegaConf.to_container(cfg.eval, resolve=True).get("tasks") or {}).items():
+            if task.get("type", "classification") != "classification":
+                continue
+            eval_set = build_dataset(modality, task["dataset"], task["dataset"].get("split", "test"),
+                                     f"eval.tasks.{name}.dataset")
+            task_classifier(modality, eval_set, task, store, f"eval.tasks.{name}")
+            store.flush()
+        store.merge_index()
+    per_rank = all_gather_object((store.misses, store.hits))
+    counts = {tower: sum(m[tower] for m, _ in per_rank) for tower in TOWERS}
+    hits = {tower: sum(h[tower] for _, h in per_rank) for tower in TOWERS}
+    if env.is_main:
+        print(f"anchors computed: {counts} (cache hits: {hits}); cache: {cfg.anchors.cache_dir}"
+              + (f"; per rank: {[m for m, _ in per_rank]}" if env.world_size > 1 else ""))
     return counts
+
+
+def _embed_batch(store: AnchorStore, batch: dict[str, Any], wanted: set[str] | None) -> None:
+    """Look up (computing misses) a batch's captions and images; with ``wanted`` only the images
+    whose content key is in it. Full shards are written as they fill."""
+    if batch.get("texts") is not None and wanted is None:
+        store.text(batch["texts"])
+    if batch.get("image_keys") is not None:
+        pick = [i for i, k in enumerate(batch["image_keys"]) if wanted is None or content_key(k) in wanted]
+        images = batch.get("images")
+        if pick:
+            store.image([batch["image_keys"][i] for i in pick], None if images is None else images[pick])
+    store.flush(full_only=True)
+
+
+def _survey(store: AnchorStore, loader: Any) -> dict[str, dict[str, tuple[int, str]]]:
+    """{tower: {content key: (lowest item index, caption or image key)}} of this rank's slice,
+    keys already cached left out."""
+    seen: dict[str, dict[str, tuple[int, str]]] = {t: {} for t in TOWERS}
+    for batch in loader:
+        index = [key[1] for key in batch.get("sample_keys", ())]
+        for tower, field in (("text", "texts"), ("image", "image_keys")):
+            for i, value in zip(index, batch.get(field) or ()):
+                key = content_key(value)
+                if key not in seen[tower] or i < seen[tower][key][0]:
+                    seen[tower][key] = (i, value)
+    for tower in TOWERS:
+        keys = list(seen[tower])
+        cached = store.cached(tower, [seen[tower][k][1] for k in keys])
+        store.hits[tower] += int(cached.sum())
+        for key in np.asarray(keys, dtype=object)[cached]:
+            del seen[tower][key]
+    return seen
+
+
+def _owned(seen: dict[str, tuple[int, str]], rank: int) -> list[str]:
+    """The keys of ``seen`` this rank embeds: those no rank saw at a lower item index (ties go to
+    the lower rank). Every rank takes part (a collective); the result is sorted by item index."""
+    from omniclip.distributed import all_gather_object
+
+    keys = list(seen)
+    mine = (digests(keys), np.array([seen[k][0] for k in keys], np.int64))
+    everyone = all_gather_object(mine)
+    digest = np.concatenate([d for d, _ in everyone])
+    index = np.concatenate([i for _, i in everyone])
+    ranks = np.concatenate([np.full(len(i), r, np.int64) for r, (_, i) in enumerate(everyone)])
+    order = np.lexsort((ranks, index, *digest.T[::-1]))  # by digest, then lowest index, then lowest rank
+    first = np.ones(len(order), bool)
+    first[1:] = np.any(digest[order][1:] != digest[order][:-1], axis=1)
+    winners = order[first]
+    start = sum(len(i) for _, i in everyone[:rank])
+    won = winners[(ranks[winners] == rank)] - start  # positions in this rank's `keys`
+    won = won[np.argsort(index[won + start], kind="stable")]
+    return [keys[i] for i in won]
+
+
+def _embed_images(store: AnchorStore, loader: Any, epoch: int, owned: list[str],
+                  seen: dict[str, tuple[int, str]]) -> None:
+    """Embed this rank's image keys by reloading, in index order, the items that carry them."""
+    from torch.utils.data import DataLoader
+
+    if not owned:
+        return
+    items = sorted({seen[k][0] for k in owned})
+    again = DataLoader(loader.dataset, batch_size=store.batch_size, sampler=[(epoch, i) for i in items],
+                       num_workers=loader.num_workers, collate_fn=loader.collate_fn)
+    wanted = set(owned)
+    for batch in again:
+        _embed_batch(store, batch, wanted)
+    missing = [k for k in owned if k not in store._computed["image"]]
+    if missing:
+        raise RuntimeError(f"{len(missing)} image anchors (first: {seen[missing[0]][1]!r}) were not produced when "
+                           "their items were reloaded: the dataset gave another image for the same item. Run "
+                           "omniclip-anchors in one process, or make the dataset's image choice depend only on "
+                           "the item (it is seeded by item index)")
 
 
 def main() -> None:

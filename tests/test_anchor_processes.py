@@ -71,11 +71,12 @@ def _run_anchors(tmp_path: Path, seed: str) -> dict[str, int]:
 
 
 def _shard_contents(cache: Path) -> dict[str, list[str]]:
-    """{tower/folder: sorted row keys over all shards} as written on disk."""
+    """{tower/folder: sorted row keys over all shards} as written on disk (each shard's ``keys``
+    tensor holds the sha1 digests of its rows)."""
     contents: dict[str, list[str]] = {}
     for shard in sorted(cache.glob("*/*/shard-*.safetensors")):
         with safe_open(str(shard), framework="pt") as handle:
-            keys = json.loads(handle.metadata()["keys"])
+            keys = [bytes(row.tolist()).hex() for row in handle.get_tensor("keys")]
         contents.setdefault(str(shard.parent.relative_to(cache)), []).extend(keys)
     return {folder: sorted(keys) for folder, keys in contents.items()}
 
