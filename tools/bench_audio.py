@@ -65,6 +65,27 @@ def write_files(folder: Path, count: int, seconds: float, sr: int) -> list[Path]
     return paths
 
 
+def fbank_times(
+    clips: torch.Tensor, frontend: AudioFrontend, repeats: int, extra: dict[str, Callable[[], object]] | None = None
+) -> tuple[dict[str, float], float]:
+    """Best seconds of torchaudio's fbank per file, ours per file and ours batched over ``clips``
+    [n, T] (on their device), timed interleaved with ``extra``; and the largest difference
+    between ours batched and torchaudio's, checked first (SystemExit beyond 1e-3)."""
+    per_file_clips = list(clips)
+    ours = frontend(clips)
+    reference = torch.stack([reference_fbank(c) for c in per_file_clips])
+    diff = (ours - reference).abs().max().item()
+    if diff > 1e-3:  # normalised units; fp32 rounding in near-empty bins stays far below
+        raise SystemExit(f"batched fbank differs from torchaudio's by {diff:.2e}")
+    fns = {
+        **(extra or {}),
+        "fbank: torchaudio per file": lambda: [reference_fbank(c) for c in per_file_clips],
+        "fbank: ours per file": lambda: [frontend(c[None]) for c in per_file_clips],
+        "fbank: ours batched": lambda: frontend(clips),
+    }
+    return best_times(fns, clips.device, repeats), diff
+
+
 def lens_step_times(device: torch.device, batch: int, repeats: int) -> dict[str, float]:
     """Best time of one training step of tokenizer + lens, from waveforms and from fbank."""
     from omniclip.modalities.audio import AudioTokenizer
@@ -124,26 +145,9 @@ def main() -> None:
 
         clips = torch.cat([sample_clips(w, 16000, args.seconds, train=False) for w in read_checked()])
         clips = clips.to(device)
-        per_file_clips = list(clips)
-
-        ours = frontend(clips)
-        reference = torch.stack([reference_fbank(c) for c in per_file_clips])
-        diff = (ours - reference).abs().max().item()
-        if diff > 1e-3:  # normalised units; fp32 rounding in near-empty bins stays far below
-            raise SystemExit(f"batched fbank differs from torchaudio's by {diff:.2e}")
-
         n = clips.shape[0]
-        t = best_times(
-            {
-                "decode: soundfile.read": read_plain,
-                "decode: load_audio (checks)": read_checked,
-                "fbank: torchaudio per file": lambda: [reference_fbank(c) for c in per_file_clips],
-                "fbank: ours per file": lambda: [frontend(c[None]) for c in per_file_clips],
-                "fbank: ours batched": lambda: frontend(clips),
-            },
-            device,
-            args.repeats,
-        )
+        t, diff = fbank_times(clips, frontend, args.repeats,
+                              {"decode: soundfile.read": read_plain, "decode: load_audio (checks)": read_checked})
         baseline = t["decode: soundfile.read"] + t["fbank: torchaudio per file"]
         rows = list(t.items()) + [
             ("decode + fbank: reference", baseline),

@@ -57,7 +57,9 @@ def batched_last_axis_fps(xyz: torch.Tensor, npoint: int, start: torch.Tensor) -
     return out
 
 
-def fps_table(xyz: torch.Tensor, npoint: int, start: torch.Tensor, repeats: int, per_sample: bool) -> None:
+def fps_times(xyz: torch.Tensor, npoint: int, start: torch.Tensor, repeats: int, per_sample: bool) -> dict[str, float]:
+    """Best seconds of every FPS implementation available on ``xyz``'s device, each first checked
+    to pick exactly the reference's centres (SystemExit naming the one that does not)."""
     device = xyz.device
     reference = batched_last_axis_fps(xyz, npoint, start)
     fns: dict[str, Callable[[], torch.Tensor]] = {
@@ -73,7 +75,13 @@ def fps_table(xyz: torch.Tensor, npoint: int, start: torch.Tensor, repeats: int,
     for name, fn in fns.items():
         if not torch.equal(fn(), reference):
             raise SystemExit(f"FPS '{name}' picked other centres than the reference")
-    best = best_times(fns, device, repeats)
+    return best_times(fns, device, repeats)
+
+
+def fps_table(xyz: torch.Tensor, npoint: int, start: torch.Tensor, repeats: int, per_sample: bool) -> dict[str, float]:
+    """Print `fps_times` as a table (ms, x reference); returns the times."""
+    device = xyz.device
+    best = fps_times(xyz, npoint, start, repeats, per_sample)
     batch, num_points, _ = xyz.shape
     print(f"FPS {num_points} -> {npoint}, batch {batch}, {device} ({torch.get_num_threads()} threads), "
           f"best of {repeats} interleaved rounds; auto backend: {fps_backend(device)}")
@@ -82,6 +90,7 @@ def fps_table(xyz: torch.Tensor, npoint: int, start: torch.Tensor, repeats: int,
     for name, t in best.items():
         print(f"{name:<30}{t * 1e3:>10.1f}{t_ref / t:>14.1f}")
     print()
+    return best
 
 
 def matmul_knn(query: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
@@ -89,6 +98,15 @@ def matmul_knn(query: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tenso
     dist = (query.square().sum(-1, keepdim=True) + points.square().sum(-1).unsqueeze(1)
             - 2 * query @ points.transpose(1, 2))
     return dist.topk(k, dim=-1, largest=False, sorted=False).indices
+
+
+def knn_times(xyz: torch.Tensor, num_centres: int, start: torch.Tensor, k: int, repeats: int) -> dict[str, float]:
+    """Best seconds of our kNN and the reference's matmul kNN, ``k`` neighbours of the FPS centres."""
+    centres = gather_points(xyz, farthest_point_sample(xyz, num_centres, start))
+    return best_times({
+        "ours (exact differences + topk)": lambda: knn(centres, xyz, k),
+        "reference (matmul + topk)": lambda: matmul_knn(centres, xyz, k),
+    }, xyz.device, repeats)
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -116,11 +134,7 @@ def main() -> None:
     # The datasets' path: one cloud at a time (resampling a file to the recipe's point count).
     fps_table(xyz[:1], args.centres, start[:1], args.repeats, per_sample=False)
 
-    centres = gather_points(xyz, farthest_point_sample(xyz, args.centres, start))
-    best = best_times({
-        "ours (exact differences + topk)": lambda: knn(centres, xyz, args.k),
-        "reference (matmul + topk)": lambda: matmul_knn(centres, xyz, args.k),
-    }, device, args.repeats)
+    best = knn_times(xyz, args.centres, start, args.k, args.repeats)
     print(f"kNN {args.centres} centres x {args.points} points, k {args.k}, batch {args.batch}, {device}")
     for name, t in best.items():
         print(f"{name:<34}{t * 1e3:>10.1f} ms")
