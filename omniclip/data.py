@@ -171,24 +171,35 @@ class SeededDataset(Dataset):
 
     def __getitem__(self, key: SampleKey) -> Any:
         epoch, index = key
-        if get_worker_info() is not None:  # a worker's global RNGs serve nobody else
-            self._seed_globals(epoch, index)
-            return self.dataset[index]
-        saved = random.getstate(), np.random.get_state(), torch.default_generator.get_state()
-        self._seed_globals(epoch, index)
-        try:
-            return self.dataset[index]
-        finally:
-            random.setstate(saved[0])
-            np.random.set_state(saved[1])
-            torch.default_generator.set_state(saved[2])
+        return seeded_call(self.seed, epoch, index, lambda: self.dataset[index])
 
-    def _seed_globals(self, epoch: int, index: int) -> None:
-        words = np.random.SeedSequence([self.seed, epoch, index]).generate_state(3, np.uint64)
-        random.seed(int(words[0]))
-        np.random.seed(words[1:2].view(np.uint32))  # the 64-bit word as two 32-bit seed words
-        # The CPU generator only: torch.manual_seed would also reseed initialised CUDA devices.
-        torch.default_generator.manual_seed(int(words[2]))
+
+def seeded_call(seed: int, epoch: int, index: int, build: Callable[[], Any]) -> Any:
+    """``build()`` with the global RNGs seeded from (seed, epoch, index), as `SeededDataset` does.
+
+    In the main process the previous RNG states are put back afterwards; in a DataLoader worker
+    that restore is skipped (its global RNGs serve nobody else). Shared by the map-style loader
+    and the shard reader (`omniclip.shards`), so a sample's augmentation depends on its key alone.
+    """
+    if get_worker_info() is not None:
+        _seed_globals(seed, epoch, index)
+        return build()
+    saved = random.getstate(), np.random.get_state(), torch.default_generator.get_state()
+    _seed_globals(seed, epoch, index)
+    try:
+        return build()
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.default_generator.set_state(saved[2])
+
+
+def _seed_globals(seed: int, epoch: int, index: int) -> None:
+    words = np.random.SeedSequence([seed, epoch, index]).generate_state(3, np.uint64)
+    random.seed(int(words[0]))
+    np.random.seed(words[1:2].view(np.uint32))  # the 64-bit word as two 32-bit seed words
+    # The CPU generator only: torch.manual_seed would also reseed initialised CUDA devices.
+    torch.default_generator.manual_seed(int(words[2]))
 
 
 class Skipped(NamedTuple):
@@ -216,12 +227,17 @@ class SafeDataset(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> Any:
-        try:
-            return self.dataset[index]
-        except SampleError as error:
-            if self.policy == "stop":
-                raise
-            return Skipped(error.path, error.problem)
+        return apply_skip_policy(lambda: self.dataset[index], self.policy)
+
+
+def apply_skip_policy(build: Callable[[], Any], policy: SkipPolicy) -> Any:
+    """``build()``, or a `Skipped` marker when it raises `SampleError` and ``policy`` is "skip"."""
+    try:
+        return build()
+    except SampleError as error:
+        if policy == "stop":
+            raise
+        return Skipped(error.path, error.problem)
 
 
 class _SkippingCollate:

@@ -175,6 +175,27 @@ class Modality:
         """
         raise NotImplementedError(f"modality `{self.name}` has no dataset `{cfg.get('name')}`")
 
+    def shard_codec(self, cfg: Mapping[str, Any], split: str,
+                    image_transform: Callable[[Any], torch.Tensor] | None = None) -> Any:
+        """The codec between this modality's dataset records and WebDataset shard samples
+        (`omniclip.shards.ShardCodec`), with the dataset options of ``cfg`` (the source
+        dataset's config overridden by the recipe's; layout keys such as ``root`` are ignored).
+
+        The default asks the modality package's ``datasets`` module for ``shard_codec``; a
+        modality without one cannot be sharded (`ConfigError` naming ``shards``).
+        """
+        import importlib
+
+        try:
+            module = importlib.import_module(f"{type(self).__module__}.datasets")
+        except ModuleNotFoundError:
+            module = None
+        build = getattr(module, "shard_codec", None)
+        if build is None:
+            raise ConfigError("shards", f"modality `{self.name}` has no shard codec: its datasets cannot be "
+                                        "written to or read from shards")
+        return build(cfg, split, image_transform)
+
     def check_data(self, tokenizer_cfg: Mapping[str, Any], dataset_cfg: Mapping[str, Any]) -> None:
         """Raise `ConfigError` (keys relative to ``dataset_cfg``) when a dataset cannot feed the
         tokenizer ``tokenizer_cfg`` (the recipe's ``modality.tokenizer``), e.g. clouds too small

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from omniclip.data import (
     ResumableSampler,
@@ -48,6 +48,7 @@ from omniclip.distributed import DistEnv, all_gather_object, all_reduce_mean, ba
 from omniclip.errors import ConfigError, OmniclipError
 from omniclip.optim import apply_train_only, build_optimizer, cosine_schedule, parse_lr_groups
 from omniclip.resume_rules import ResumeCheck
+from omniclip.shards import ShardDataset, ShardLoader
 from omniclip.state import (
     atomic_save,
     capture_rng_state,
@@ -156,7 +157,8 @@ class Trainer:
         model: maps a batch dict to embeddings [B, E].
         objective: maps (embeddings, batch) to (loss, logs); its own trainable parameters (a
             learnable temperature) train too.
-        dataset, collate_fn: sample source and batching (the modality's).
+        dataset, collate_fn: sample source and batching (the modality's); a map-style dataset, or a
+            `omniclip.shards.ShardDataset` to stream WebDataset shards (`ShardLoader`).
         output_dir: checkpoints, logs and ``metrics.jsonl`` go here (one directory for all ranks).
         evaluators: name -> callable(model) -> metrics, run every ``eval_every`` steps and at the end.
         run_config: the resolved recipe, saved with each checkpoint and compared on resume.
@@ -170,7 +172,7 @@ class Trainer:
         cfg: TrainerConfig,
         model: nn.Module,
         objective: nn.Module,
-        dataset: Dataset,
+        dataset: Dataset | ShardDataset,
         collate_fn: Callable[[list[Any]], dict[str, Any]],
         output_dir: str | Path,
         env: DistEnv | None = None,
@@ -209,14 +211,7 @@ class Trainer:
         self.use_autocast = cfg.precision != "fp32"
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision, torch.float32)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
-        self.sampler = ResumableSampler(
-            len(dataset), shuffle=True, seed=cfg.seed, rank=self.env.rank, world_size=self.env.world_size,
-            drop_last=True, batch_size=cfg.batch_size,
-        )
-        self.loader = build_loader(
-            dataset, collate_fn, cfg.batch_size, self.sampler, cfg.num_workers, cfg.seed,
-            pin_memory=self.device.type == "cuda", policy=cfg.bad_samples, prefetch_factor=cfg.prefetch_factor,
-        )
+        self.sampler, self.loader = self._data_source(dataset, collate_fn)
         self.skips = SkipCounter(cfg.max_skip_fraction)
         self.step = 0
         self.skipped_steps = 0
@@ -231,6 +226,27 @@ class Trainer:
         self._stop_signal: int | None = None
         self._writer = None
         self._wandb = None
+
+    def _data_source(self, dataset: Dataset | ShardDataset, collate_fn: Callable[[list[Any]], dict[str, Any]]
+                     ) -> tuple[ResumableSampler | ShardLoader, DataLoader | ShardLoader]:
+        """The position keeper and the batch source: a `ResumableSampler` driving a DataLoader
+        over a map-style dataset, or one `ShardLoader` (both roles) over a `ShardDataset`.
+        `_batches`, `_data_state`, `resume` and `_rebuild_batch` use the same interface on both."""
+        cfg, pin = self.cfg, self.device.type == "cuda"
+        if isinstance(dataset, ShardDataset):
+            loader = ShardLoader(dataset, collate_fn, cfg.batch_size, seed=cfg.seed, rank=self.env.rank,
+                                 world_size=self.env.world_size, num_workers=cfg.num_workers,
+                                 policy=cfg.bad_samples, pin_memory=pin, prefetch_factor=cfg.prefetch_factor)
+            return loader, loader
+        sampler = ResumableSampler(
+            len(dataset), shuffle=True, seed=cfg.seed, rank=self.env.rank, world_size=self.env.world_size,
+            drop_last=True, batch_size=cfg.batch_size,
+        )
+        loader = build_loader(
+            dataset, collate_fn, cfg.batch_size, sampler, cfg.num_workers, cfg.seed,
+            pin_memory=pin, policy=cfg.bad_samples, prefetch_factor=cfg.prefetch_factor,
+        )
+        return sampler, loader
 
     # ------------------------------------------------------------------ state
     def trainable_weights(self) -> dict[str, torch.Tensor]:
@@ -312,7 +328,10 @@ class Trainer:
                               f"{self.env.world_size}: the data position cannot be split anew; resume with "
                               f"{len(data)} rank(s) or start a new run")
         mine = data[self.env.rank]
-        self.sampler.load_state_dict(mine["sampler"])
+        try:
+            self.sampler.load_state_dict(mine["sampler"])
+        except ValueError as error:
+            raise ConfigError("trainer.resume", f"cannot resume {path}: {error}") from None
         self.skips.load_state_dict(mine["skips"])
         self._carry = self._rebuild_batch([tuple(k) for k in mine["carry"]])
         self.skipped_steps = int(state["skipped_steps"])

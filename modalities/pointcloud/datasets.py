@@ -34,7 +34,7 @@ import csv
 import io
 import json
 import pickle
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -165,6 +165,42 @@ def read_cloud(path: Path, opts: CloudOptions) -> np.ndarray:
 
 
 
+@dataclass
+class CloudRecord:
+    """What one item of a point-cloud dataset is before its per-access randomness.
+
+    Every dataset reads its item into this (``record``), and `make_cloud_sample` turns it into
+    the sample; the shard reader (`CloudShardCodec`) rebuilds the same record from a shard's
+    members, so a sharded sample goes through exactly the code a map-style one does.
+    ``images`` are the paired-image candidates: key -> file (a path, or the encoded bytes, or
+    ``None`` when the file was absent at write time).
+    """
+
+    path: str
+    cloud: np.ndarray
+    label: int | None = None
+    texts: list[str] | None = None
+    images: dict[str, Path | bytes | None] = field(default_factory=dict)
+
+
+def make_cloud_sample(record: CloudRecord, opts: CloudOptions, train: bool,
+                      image_transform: ImageTransform | None) -> dict[str, Any]:
+    """Resample, normalise and augment the cloud; draw one caption and one paired image."""
+    sample: dict[str, Any] = {"inputs": opts.finish(record.cloud, record.path, train)}
+    if record.label is not None:
+        sample["label"] = record.label
+    if record.texts:
+        sample["text"] = record.texts[np.random.randint(len(record.texts))]
+    sample["path"] = record.path
+    if image_transform is not None and record.images:
+        keys = list(record.images)
+        key = keys[np.random.randint(len(keys))]
+        source = record.images[key]
+        sample["image"] = load_image(key if source is None else source, image_transform, where=key)
+        sample["image_key"] = key
+    return sample
+
+
 def _read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
@@ -204,11 +240,13 @@ class ModelNet40(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def record(self, index: int) -> CloudRecord:
         stem, label = self.items[index]
         path = self.root / f"{stem}{self.suffix}"
-        points = self.opts.finish(read_cloud(path, self.read_opts), str(path), self.train)
-        return {"inputs": points, "label": label, "path": str(path)}
+        return CloudRecord(str(path), read_cloud(path, self.read_opts), label)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return make_cloud_sample(self.record(index), self.opts, self.train, None)
 
 
 class ScanObjectNN(Dataset):
@@ -242,13 +280,15 @@ class ScanObjectNN(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def record(self, index: int) -> CloudRecord:
         where = f"{self.path}[{index}]"
         label = int(self.labels[index])
         if not 0 <= label < 15:
             raise SampleError(where, f"label {label} is outside the 15 ScanObjectNN classes")
-        points = self.opts.finish(self.data[index][:, :3], where, self.train)
-        return {"inputs": points, "label": label, "path": where}
+        return CloudRecord(where, self.data[index][:, :3], label)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return make_cloud_sample(self.record(index), self.opts, self.train, None)
 
 
 def read_taxonomy(path: Path) -> dict[str, list[str]]:
@@ -311,37 +351,43 @@ class ULIPShapeNet(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def record(self, index: int) -> CloudRecord:
+        """The cloud, every (template, synonym) caption and every (view, image type) render: one
+        uniform draw from each list is the reference's independent draws of both parts."""
         name = self.files[index]
         path = self.root / self.pc_dir / name
         synset, _, rest = name.partition("-")
         model = rest.rsplit(".", 1)[0]
         if synset not in self.synonyms:
             raise SampleError(path, f"synset `{synset}` is not in taxonomy.json")
-        points = self.opts.finish(read_cloud(path, self.opts), str(path), self.train)
-        words = self.synonyms[synset]
-        caption = self.templates[np.random.randint(len(self.templates))].format(words[np.random.randint(len(words))])
-        sample = {"inputs": points, "text": caption, "path": str(path)}
+        texts = [template.format(word) for template in self.templates for word in self.synonyms[synset]]
+        images = {}
         if self.image_transform is not None:
-            view = self.VIEWS[np.random.randint(len(self.VIEWS))]
-            kind = self.image_types[np.random.randint(len(self.image_types))]
-            key = f"{self.image_dir}/{synset}-{model}/{synset}-{model}_r_{view:03d}{kind}.png"
-            sample["image"] = load_image(self.root / key, self.image_transform)
-            sample["image_key"] = key
-        return sample
+            for view in self.VIEWS:
+                for kind in self.image_types:
+                    key = f"{self.image_dir}/{synset}-{model}/{synset}-{model}_r_{view:03d}{kind}.png"
+                    images[key] = self.root / key
+        return CloudRecord(str(path), read_cloud(path, self.opts), texts=texts, images=images)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return make_cloud_sample(self.record(index), self.opts, self.train, self.image_transform)
 
 
-def load_image(path: Path, transform: ImageTransform) -> torch.Tensor:
-    """An image file through the CLIP preprocessing; unreadable files raise `SampleError`."""
+def load_image(source: Path | str | bytes, transform: ImageTransform, where: str | None = None) -> torch.Tensor:
+    """An image file (a path, or its encoded bytes from a shard) through the CLIP preprocessing;
+    unreadable files raise `SampleError` naming the file (``where`` for bytes)."""
     from PIL import Image, UnidentifiedImageError
 
-    if not path.is_file():
-        raise SampleError(path, "image file not found")
+    name = where if isinstance(source, bytes) else source
+    if isinstance(source, str):  # a key whose file was absent when the shard was written
+        raise SampleError(source, "image file not found")
+    if not isinstance(source, bytes) and not source.is_file():
+        raise SampleError(source, "image file not found")
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
             rgb = img.convert("RGB")
     except (UnidentifiedImageError, OSError) as err:
-        raise SampleError(path, f"unreadable image ({err})") from None
+        raise SampleError(name, f"unreadable image ({err})") from None
     return transform(rgb)
 
 
@@ -451,7 +497,7 @@ class ObjaverseLVIS(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def record(self, index: int) -> CloudRecord:
         path, label = self.items[index]
         if self.trust_pickle and path.suffix == ".npy":
             raw = _read_openshape_npy(path, self.opts)
@@ -461,7 +507,10 @@ class ObjaverseLVIS(Dataset):
             except PickledFileError:
                 raise SampleError(path, "holds a pickled object (OpenShape's {xyz, rgb} dict?); set "
                                         "trust_pickle: true if you trust the file") from None
-        return {"inputs": self.opts.finish(raw, str(path), self.train), "label": label, "path": str(path)}
+        return CloudRecord(str(path), raw, label)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return make_cloud_sample(self.record(index), self.opts, self.train, None)
 
 
 class ObjaverseTriplets(Dataset):
@@ -487,7 +536,7 @@ class ObjaverseTriplets(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def record(self, index: int) -> CloudRecord:
         entry = self.entries[index]
         where = f"{self.manifest} entry {index + 1}"
         path = resolve_in_root(self.root, entry["pc"], allow_outside=self.allow_outside_root, where=where)
@@ -498,14 +547,14 @@ class ObjaverseTriplets(Dataset):
         image_keys = [] if images is None else _string_list(images)
         if image_keys is None:
             raise SampleError(where, f"`images` is {images!r}; expected an image path or a list of them")
-        points = self.opts.finish(read_cloud(path, self.opts), str(path), self.train)
-        sample = {"inputs": points, "text": texts[np.random.randint(len(texts))], "path": str(path)}
-        if self.image_transform is not None and image_keys:
-            key = image_keys[np.random.randint(len(image_keys))]
-            image_path = resolve_in_root(self.root, key, allow_outside=self.allow_outside_root, where=where)
-            sample["image"] = load_image(image_path, self.image_transform)
-            sample["image_key"] = key
-        return sample
+        files = {}
+        if self.image_transform is not None:
+            files = {key: resolve_in_root(self.root, key, allow_outside=self.allow_outside_root, where=where)
+                     for key in image_keys}
+        return CloudRecord(str(path), read_cloud(path, self.opts), texts=texts, images=files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return make_cloud_sample(self.record(index), self.opts, self.train, self.image_transform)
 
 
 _CLOUD_KEYS = {f.name for f in fields(CloudOptions)}
@@ -539,3 +588,70 @@ def build_dataset(cfg: Mapping[str, Any], split: str, image_transform: ImageTran
     if cls in _WITH_IMAGES:
         return cls(root, split, opts, image_transform, **params)
     return cls(root, split, opts, **params)
+
+
+# ------------------------------------------------------------------------------------ shards
+
+
+class CloudShardCodec:
+    """A `CloudRecord` as WebDataset members, and back into a sample (`omniclip.shards`).
+
+    Members: ``npy`` (the cloud as read, before resampling: the reader resamples and augments
+    per access), ``json`` (path, label, captions, image keys and the member holding each image),
+    ``img<i>.<ext>`` (the paired-image candidates' bytes as in the source), and for other tools
+    ``txt`` (the first caption) and ``cls`` (the label). The reader rebuilds the record and calls
+    `make_cloud_sample`, the map-style datasets' own code.
+    """
+
+    modality = "pointcloud"
+
+    def __init__(self, opts: CloudOptions, train: bool, image_transform: ImageTransform | None):
+        self.opts = opts
+        self.train = train
+        self.image_transform = image_transform
+
+    def encode(self, record: CloudRecord) -> dict[str, bytes]:
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(record.cloud), allow_pickle=False)
+        members = {"npy": buffer.getvalue()}
+        names: dict[str, str | None] = {}
+        for i, (key, source) in enumerate(record.images.items()):
+            path = Path(source) if not isinstance(source, bytes) and source is not None else None
+            if path is not None and not path.is_file():
+                names[key] = None  # absent: a draw of it is a bad sample, as in the map-style dataset
+                continue
+            suffix = (path.suffix if path is not None else Path(key).suffix).lstrip(".").lower() or "png"
+            names[key] = f"img{i}.{suffix}"
+            members[names[key]] = path.read_bytes() if path is not None else source  # type: ignore[assignment]
+        meta = {"path": record.path, "label": record.label, "texts": record.texts, "images": names}
+        members["json"] = json.dumps(meta).encode()
+        if record.texts:
+            members["txt"] = record.texts[0].encode()
+        if record.label is not None:
+            members["cls"] = str(record.label).encode()
+        return members
+
+    def record(self, members: Mapping[str, bytes], where: str) -> CloudRecord:
+        try:
+            meta = json.loads(members["json"])
+            cloud = np.load(io.BytesIO(members["npy"]), allow_pickle=False)
+        except KeyError as err:
+            raise SampleError(where, f"no `{err.args[0]}` member in the shard sample") from None
+        except (ValueError, OSError, EOFError, UnicodeDecodeError) as err:
+            raise SampleError(where, f"unreadable shard member ({type(err).__name__}: {err})") from None
+        missing = [name for name in meta["images"].values() if name is not None and name not in members]
+        if missing:
+            raise SampleError(where, f"no `{missing[0]}` member in the shard sample (listed in its json)")
+        images = {key: (None if name is None else members[name]) for key, name in meta["images"].items()}
+        return CloudRecord(meta["path"], cloud, meta.get("label"), meta.get("texts"), images)
+
+    def decode(self, members: Mapping[str, bytes], where: str) -> dict[str, Any]:
+        return make_cloud_sample(self.record(members, where), self.opts, self.train, self.image_transform)
+
+
+def shard_codec(cfg: Mapping[str, Any], split: str, image_transform: ImageTransform | None = None) -> CloudShardCodec:
+    """The codec for shards of any point-cloud dataset: `CloudOptions` keys of ``cfg`` apply,
+    the layout keys of the source dataset (root, file lists) are not needed."""
+    cloud = {k: v for k, v in cfg.items() if k in _CLOUD_KEYS}
+    cloud["augment"] = PointAugment.from_config(cloud.get("augment"))
+    return CloudShardCodec(CloudOptions(**cloud), split == "train", image_transform)
