@@ -32,9 +32,9 @@ ANCHORS_MAIN = (
 )
 
 
-def _overrides(tmp_path: Path) -> list[str]:
+def _overrides(tmp_path: Path, *extra: str) -> list[str]:
     return [TEST_RECIPES, "modality=toy", "data=toy", "debug=default", "eval=toy", "trainer.max_steps=2",
-            f"output_dir={tmp_path / 'run'}", f"anchors.cache_dir={tmp_path / 'anchors'}"]
+            f"output_dir={tmp_path / 'run'}", f"anchors.cache_dir={tmp_path / 'anchors'}", *extra]
 
 
 def _probe_hash(seed: str) -> int:
@@ -59,15 +59,33 @@ def _hash_seeds(count: int) -> list[str]:
     raise AssertionError("could not find distinct hash seeds")
 
 
-def _run_anchors(tmp_path: Path, seed: str) -> dict[str, int]:
-    proc = subprocess.run([sys.executable, "-c", ANCHORS_MAIN, *_overrides(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONHASHSEED": seed, "HF_HUB_OFFLINE": "1"})
+def _run_anchors(tmp_path: Path, seed: str, *extra: str, nproc: int = 1) -> dict[str, int]:
+    """Run `omniclip-anchors` in one process, or under torchrun in ``nproc`` (gloo, CPU)."""
+    if nproc == 1:
+        cmd = [sys.executable, "-c", ANCHORS_MAIN]
+    else:
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        script = tmp_path / "anchors_main.py"
+        script.write_text(ANCHORS_MAIN)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", str(script)]
+    proc = subprocess.run([*cmd, *_overrides(tmp_path, *extra)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONHASHSEED": seed, "HF_HUB_OFFLINE": "1",
+                                            "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("anchors computed: "))
     # "anchors computed: {'text': 12, 'image': 4} (cache hits: ...)"
     counts = line.split("anchors computed: ", 1)[1].split(" (cache hits", 1)[0]
     return json.loads(counts.replace("'", '"'))
+
+
+def _shard_rows(cache: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """{tower/folder: {key: feature row}} over all shards, read back with safetensors."""
+    rows: dict[str, dict[str, torch.Tensor]] = {}
+    for shard in sorted(cache.glob("*/*/shard-*.safetensors")):
+        with safe_open(str(shard), framework="pt") as handle:
+            for key, row in zip(handle.get_tensor("keys"), handle.get_tensor("features")):
+                rows.setdefault(str(shard.parent.relative_to(cache)), {})[bytes(key.tolist()).hex()] = row
+    return rows
 
 
 def _shard_contents(cache: Path) -> dict[str, list[str]]:
@@ -145,3 +163,30 @@ def test_content_keys_agree_across_hash_seeds():
         assert proc.returncode == 0, proc.stderr[-2000:]
         outputs.add(proc.stdout.strip())
     assert outputs == {f"{content_key('a red toy')} {content_key('img/a.png')}"}
+
+
+@pytest.mark.slow
+def test_two_ranks_split_the_keys_and_build_the_cache_one_process_builds(tmp_path):
+    """Under torchrun each missing key is embedded by exactly one rank, into that rank's shards,
+    and rank 0's merged index covers them all. ``data.train.size=5`` makes both ranks see item 0
+    (the sampler pads rank 1's share with it), so one caption and one image are seen twice."""
+    seed = _hash_seeds(1)[0]
+    one = _run_anchors(tmp_path / "one", seed, "data.train.size=5")
+    two = _run_anchors(tmp_path / "two", seed, "data.train.size=5", nproc=2)
+    assert one == two == {"text": 4 + 4 * 2, "image": 4}
+
+    single, split = _shard_contents(tmp_path / "one" / "anchors"), _shard_contents(tmp_path / "two" / "anchors")
+    assert split == single  # the same keys per tower folder ...
+    assert all(len(keys) == len(set(keys)) for keys in split.values())  # ... each written once
+    for folder in split:
+        names = [p.name for p in (tmp_path / "two" / "anchors" / folder).glob("shard-*.safetensors")]
+        assert any("-r0-" in n for n in names) and any("-r1-" in n for n in names), names  # both ranks wrote
+        with safe_open(str(tmp_path / "two" / "anchors" / folder / "index.safetensors"), framework="np") as index:
+            assert sorted(n for n, _, _ in json.loads(index.metadata()["shards"])) == sorted(names)
+            assert len(index.get_tensor("hash")) == len(split[folder])
+
+    ones, twos = _shard_rows(tmp_path / "one" / "anchors"), _shard_rows(tmp_path / "two" / "anchors")
+    for folder, rows in ones.items():
+        for key, row in rows.items():
+            # Equal up to float summation order: a rank embeds its keys in other batches than one process.
+            torch.testing.assert_close(twos[folder][key], row, rtol=0, atol=1e-6)
