@@ -149,6 +149,58 @@ def test_modelnet_txt_clouds_are_written_as_npy_and_read_back_exactly(tmp_path):
             assert int(batch["labels"][row]) == reference[key]["label"]
 
 
+def _read_back(tmp_path: Path, modality_name: str, cfg: dict, per_shard: int, seed: int = 0):
+    """Write the map-style dataset of ``cfg`` to shards; yield (shard batch row, map-style sample)."""
+    modality = get_modality(modality_name)
+    dataset = modality.build_dataset(cfg, "train")
+    index, skips = write_shards(dataset, modality.shard_codec(cfg, "train"), tmp_path / "shards", dataset_cfg=cfg,
+                                samples_per_shard=per_shard, progress=False)
+    assert index.total == len(dataset) and not skips.skipped
+    loader = ShardLoader(build_shard_dataset(modality, {"shards": str(tmp_path / "shards")}, "train"),
+                         modality.collate, batch_size=2, seed=seed)
+    reference = SeededDataset(dataset, seed=seed)
+    for batch in loader:
+        for row, key in enumerate(batch["sample_keys"]):
+            yield {k: v[row] for k, v in batch.items() if k not in ("skipped", "sample_keys")}, reference[key]
+
+
+def test_audio_shards_hold_flac_and_read_back_exactly(tmp_path):
+    """ESC-50 PCM-16 WAVs are re-encoded as FLAC; clips (random offsets) and templated captions
+    under each key equal the map-style dataset's."""
+    from tests.modalities.audio.test_datasets import make_esc50
+
+    root = make_esc50(tmp_path / "esc50")
+    cfg = {"name": "esc50", "root": str(root), "clip_seconds": 0.5}
+    pairs = list(_read_back(tmp_path, "audio", cfg, per_shard=4))
+    assert len(pairs) == 6
+    for got, expected in pairs:
+        assert torch.equal(got["inputs"], expected["inputs"]) and got["texts"] == expected["text"]
+        assert got["paths"] == expected["path"]
+    names = [name for _, members in read_shard(tmp_path / "shards" / "shard-000000.tar") for name in members]
+    assert names.count("flac") == 4 and "wav" not in names
+
+
+def test_audio_shards_refuse_mixup_naming_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"config `mixup`: per-sample mixup draws its partner"):
+        get_modality("audio").shard_codec({"mixup": 0.5}, "train")
+
+
+def test_video_shards_hold_the_original_file_and_read_back_exactly(tmp_path):
+    pytest.importorskip("av")
+    from tests.modalities.video.layouts import CLIP, make_training_list
+
+    root = make_training_list(tmp_path / "videos", num_videos=3, frames=8)
+    cfg = {"name": "list", "root": str(root), "list_file": "train.txt", "video_dir": "videos", "classes": "k400",
+           **CLIP}
+    pairs = list(_read_back(tmp_path, "video", cfg, per_shard=2))
+    assert len(pairs) == 3
+    for got, expected in pairs:
+        assert torch.equal(got["inputs"], expected["inputs"]) and got["texts"] == expected["text"]
+        assert int(got["labels"]) == expected["label"]
+    members = dict(read_shard(tmp_path / "shards" / "shard-000000.tar"))
+    assert members[0]["mp4"] == (root / "videos" / "clip_0.mp4").read_bytes()
+
+
 # ------------------------------------------------------------------------------ splitting between ranks and workers
 
 

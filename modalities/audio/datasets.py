@@ -47,9 +47,13 @@ import csv
 import logging
 import os
 import re
-from dataclasses import dataclass, field, fields
+import contextlib
+import io
+import json
+import tempfile
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -134,6 +138,10 @@ class Item:
     labels: list[int] = field(default_factory=list)
     captions: list[str] = field(default_factory=list)
     video_stems: tuple[str, ...] = ()
+    #: the class names the labels stand for, joined (a record's, for datasets labelled by class)
+    label_text: str = ""
+    #: the file's bytes when the item comes from a shard (``path`` then names the source file)
+    data: bytes | None = None
 
 
 def clean_caption(text: str) -> str:
@@ -255,24 +263,47 @@ class AudioClips(Dataset):
         """The evaluation label of ``item`` (None for retrieval sets)."""
         return None
 
-    def clips(self, path: Path, num_clips: int, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """`load_clips` with the dataset's options: clips [n, T] and their centre times (s)."""
+    def clips(self, path: Path, num_clips: int, train: bool, data: bytes | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`load_clips` with the dataset's options: clips [n, T] and their centre times (s).
+
+        ``data`` (a shard's bytes of the file ``path`` names) is decoded through a temporary
+        file with ``path``'s suffix, since the readers open files by name; problems name ``path``.
+        """
         opts = self.opts
+        if data is not None:
+            with _bytes_as_file(data, path.suffix) as tmp:
+                try:
+                    return self.clips(tmp, num_clips, train)
+                except SampleError as err:
+                    raise SampleError(path, err.problem) from None
         return load_clips(path, opts.sample_rate, opts.clip_seconds, num_clips, train=train, pad=opts.pad,
                           max_decode_seconds=opts.max_decode_seconds, allow_silent=opts.allow_silent,
                           silence_threshold=opts.silence_threshold, max_amplitude=opts.max_amplitude)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def label_text(self, item: Item) -> str:
+        """The names of ``item``'s classes, joined ("" for datasets captioned per file)."""
+        return ""
+
+    def record(self, index: int) -> Item:
+        """Item ``index`` with its label text: what a shard stores of it (`AudioShardCodec`)."""
         item = self.items[index]
+        return replace(item, label_text=self.label_text(item))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.make_sample(self.items[index], index)
+
+    def make_sample(self, item: Item, index: int) -> dict[str, Any]:
+        """The sample of ``item`` (map-style, or rebuilt from a shard): clips, caption, mixup."""
         opts = self.opts
         if not self.train:
-            clips, _ = self.clips(item.path, opts.num_clips, train=False)
+            clips, _ = self.clips(item.path, opts.num_clips, train=False, data=item.data)
             sample: dict[str, Any] = {"inputs": clips, "group_id": index, "path": str(item.path)}
             target = self.target(item)
             if target is not None:
                 sample["label"] = target
             return sample
-        clips, centres = self.clips(item.path, 1, train=True)
+        clips, centres = self.clips(item.path, 1, train=True, data=item.data)
         clip, centre = clips[0], float(centres[0])
         text = self.caption(item)
         if opts.mixup > 0 and np.random.rand() < opts.mixup:
@@ -329,12 +360,14 @@ class LabelledClips(AudioClips):
 
     class_names: list[str]
 
-    def plain_caption(self, item: Item) -> str:
+    def label_text(self, item: Item) -> str:
         return ", ".join(self.class_names[i] for i in item.labels)
 
+    def plain_caption(self, item: Item) -> str:
+        return self.label_text(item)
+
     def caption(self, item: Item) -> str:
-        template = SOUND_TEMPLATES[np.random.randint(len(SOUND_TEMPLATES))]
-        return clean_caption(template.replace("{}", self.plain_caption(item)))
+        return sound_caption(self.plain_caption(item))
 
     def target(self, item: Item) -> int | torch.Tensor:
         if not self.multilabel:
@@ -356,6 +389,12 @@ class CaptionedClips(AudioClips):
 
     def caption(self, item: Item) -> str:
         return clean_caption(self.plain_caption(item))
+
+
+def sound_caption(label_text: str) -> str:
+    """Class names through a random sound template, cleaned (`clean_caption`)."""
+    template = SOUND_TEMPLATES[np.random.randint(len(SOUND_TEMPLATES))]
+    return clean_caption(template.replace("{}", label_text))
 
 
 def esc50_class_names() -> list[str]:
@@ -588,3 +627,115 @@ def _scoped(prefix: str, cfg: Mapping[str, Any], split: str, image_transform: Im
     except ConfigError as err:
         raise ConfigError(f"{prefix}.{err.key}", err.problem) from err
 
+
+
+# ------------------------------------------------------------------------------------- shards
+
+#: libsndfile PCM subtypes a FLAC file holds losslessly (same integer samples, same float decode).
+_FLAC_SUBTYPES = {"PCM_16": "int16", "PCM_24": "int32", "PCM_S8": "int16"}
+
+
+@contextlib.contextmanager
+def _bytes_as_file(data: bytes, suffix: str) -> Iterator[Path]:
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    with tempfile.NamedTemporaryFile(suffix=suffix, dir=folder) as handle:
+        handle.write(data)
+        handle.flush()
+        yield Path(handle.name)
+
+
+def flac_bytes(path: Path) -> tuple[str, bytes]:
+    """``(suffix, bytes)`` to store for an audio file: FLAC when the file is integer PCM that
+    libsndfile reads (a lossless re-encode: the decoded floats are identical), else the file
+    as it is (FLAC already, or MP3, float WAV, Ogg... which FLAC would change)."""
+    import soundfile
+
+    suffix = path.suffix.lstrip(".").lower()
+    if suffix != "flac":
+        try:
+            info = soundfile.info(str(path))
+        except (soundfile.LibsndfileError, RuntimeError):
+            info = None
+        if info is not None and info.subtype in _FLAC_SUBTYPES and info.format != "FLAC":
+            data, rate = soundfile.read(str(path), dtype=_FLAC_SUBTYPES[info.subtype], always_2d=True)
+            buffer = io.BytesIO()
+            soundfile.write(buffer, data, rate, format="FLAC", subtype=info.subtype)
+            return "flac", buffer.getvalue()
+    return suffix or "audio", path.read_bytes()
+
+
+class ShardClips(AudioClips):
+    """The audio dataset of a shard reader: no items of its own; each sample's `Item` (bytes,
+    labels, captions, label text) comes from the shard and goes through `AudioClips.make_sample`."""
+
+    def __init__(self, split: str, opts: ClipOptions):
+        super().__init__(Path("."), split, opts, None)
+
+    def plain_caption(self, item: Item) -> str:
+        return item.captions[np.random.randint(len(item.captions))] if item.captions else item.label_text
+
+    def caption(self, item: Item) -> str:
+        return clean_caption(self.plain_caption(item)) if item.captions else sound_caption(item.label_text)
+
+
+class AudioShardCodec:
+    """An audio `Item` as WebDataset members: the audio as ``flac`` (integer PCM re-encoded
+    losslessly, other files under their own suffix: `flac_bytes`) and a ``json`` (path, labels,
+    captions, label text, the audio member's suffix); ``txt`` holds the label text or first
+    caption. The reader rebuilds the item and calls `AudioClips.make_sample`."""
+
+    modality = "audio"
+
+    def __init__(self, dataset: ShardClips):
+        self.dataset = dataset
+
+    def encode(self, record: Item) -> dict[str, bytes]:
+        path = Path(record.path)
+        if not path.is_file():
+            raise SampleError(path, "file not found")
+        suffix, data = flac_bytes(path)
+        if suffix in ("json", "txt"):
+            raise SampleError(path, f"an audio suffix `.{suffix}` would clash with the shard's other members")
+        meta = {"path": str(path), "labels": record.labels, "captions": record.captions,
+                "label_text": record.label_text, "audio": suffix}
+        text = record.label_text or (record.captions[0] if record.captions else "")
+        return {suffix: data, "json": json.dumps(meta).encode(), "txt": text.encode()}
+
+    def decode(self, members: Mapping[str, bytes], where: str) -> dict[str, Any]:
+        try:
+            meta = json.loads(members["json"])
+            data = bytes(members[meta["audio"]])
+        except KeyError as err:
+            raise SampleError(where, f"no `{err.args[0]}` member in the shard sample") from None
+        except (ValueError, UnicodeDecodeError) as err:
+            raise SampleError(where, f"unreadable shard member ({type(err).__name__}: {err})") from None
+        path = Path(meta["path"]).with_suffix(f".{meta['audio']}")
+        item = Item(path, list(meta["labels"]), list(meta["captions"]), label_text=meta["label_text"], data=data)
+        try:
+            sample = self.dataset.make_sample(item, -1)
+        except SampleError as err:
+            raise SampleError(where, f"{err.problem} (from {meta['path']})") from None
+        sample["path"] = meta["path"]  # the source file, as the map-style sample names it
+        return sample
+
+
+def shard_codec(cfg: Mapping[str, Any], split: str, image_transform: ImageTransform | None = None) -> AudioShardCodec:
+    """The codec for shards of any audio dataset, with the `ClipOptions` keys of ``cfg``.
+
+    Shards are read for training: per-sample mixup draws its partner from the whole dataset,
+    which a stream cannot, and video frames as image anchors need the video files, which the
+    shards do not hold; both are refused here with the key to change.
+    """
+    if split != "train":
+        raise ConfigError("shards", "audio shards are read for training (data.train); evaluate on the files")
+    if float(cfg.get("mixup") or 0.0) > 0:
+        raise ConfigError("mixup", "per-sample mixup draws its partner from the whole dataset, which a shard stream "
+                                   "cannot: set mixup: 0 to train from shards")
+    if cfg.get("video_dir") is not None or any(p.get("video_dir") for p in cfg.get("datasets") or []):
+        raise ConfigError("video_dir", "shards hold no video files for image anchors: set video_dir: null")
+    parts = list(cfg.get("datasets") or [])  # a concat source: its parts' clip options, which must agree
+    options = [{k: v for k, v in part.items() if k in _CLIP_KEYS} for part in parts] or [{}]
+    if any(o != options[0] for o in options):
+        raise ConfigError("datasets", "the concatenated datasets' clip options differ; shards decode with one set")
+    opts = ClipOptions(**{**options[0], **{k: v for k, v in cfg.items() if k in _CLIP_KEYS}})
+    return AudioShardCodec(ShardClips(split, opts))

@@ -145,6 +145,34 @@ class Item:
     where: str = ""
 
 
+@dataclass
+class VideoRecord:
+    """One item before its per-access randomness: the video (a path, or its encoded bytes from
+    a shard), its label and class name, the item index (evaluation groups views by it) and the
+    caption template. Map-style datasets and the shard reader both call `make_video_sample`."""
+
+    path: str
+    source: Path | bytes
+    label: int
+    class_name: str | None
+    index: int
+    text_template: str = "a photo of a {}."
+
+
+def make_video_sample(record: VideoRecord, pipeline: ClipPipeline, train: bool, name: str | None = None
+                      ) -> dict[str, Any]:
+    """Sample, decode and transform the clip (`ClipPipeline`); add the caption (training) or the
+    group id (evaluation)."""
+    inputs = pipeline(record.source, name=name or record.path)
+    sample: dict[str, Any] = {"inputs": inputs, "label": record.label, "path": record.path}
+    if train:
+        if record.class_name is not None:
+            sample["text"] = record.text_template.format(record.class_name)
+    else:
+        sample["group_id"] = record.index
+    return sample
+
+
 # ------------------------------------------------------------------------------------ datasets
 
 
@@ -180,7 +208,7 @@ class VideoDataset(Dataset):
         except SampleError as err:
             raise SampleError(err.path, f"{err.problem} ({item.where})") from None
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def record(self, index: int) -> "VideoRecord":
         item = self.items[index]
         path = self.resolve(item)
         classes = self.num_classes if self.class_names is None else len(self.class_names)
@@ -188,14 +216,11 @@ class VideoDataset(Dataset):
             raise SampleError(path, f"label {item.label} is outside the {classes} classes ({item.where})")
         if not path.exists():
             raise SampleError(path, f"file not found ({item.where})")
-        inputs = self.pipeline(path)
-        sample: dict[str, Any] = {"inputs": inputs, "label": item.label, "path": str(path)}
-        if self.train:
-            if self.class_names is not None:
-                sample["text"] = self.text_template.format(self.class_names[item.label])
-        else:
-            sample["group_id"] = index
-        return sample
+        name = None if self.class_names is None else self.class_names[item.label]
+        return VideoRecord(str(path), path, item.label, name, index, self.text_template)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return make_video_sample(self.record(index), self.pipeline, self.train)
 
 
 class VideoList(VideoDataset):
@@ -485,3 +510,57 @@ def protocol_view(dataset: VideoDataset, root: Path, class_subset: str | Sequenc
     except ValueError as err:
         raise ConfigError("shots", f"{err} in the {dataset.split} split") from None
     return ClassSubset(dataset, indices=[view.indices[i] for i in chosen], classes=classes)
+
+
+# ------------------------------------------------------------------------------------- shards
+
+
+class VideoShardCodec:
+    """A `VideoRecord` as WebDataset members: the original file's bytes under its own suffix
+    (``mp4``, ``avi``, ``webm``...; never re-encoded, so frames decode as from the file), a
+    ``json`` (path, label, class name, index, caption template, the video member's suffix),
+    ``cls`` and ``txt`` (the class name). Frame folders are not written (a bad sample naming
+    the folder). The reader decodes the bytes through the same `ClipPipeline`."""
+
+    modality = "video"
+
+    def __init__(self, pipeline: ClipPipeline, train: bool, text_template: str | None):
+        self.pipeline = pipeline
+        self.train = train
+        self.text_template = text_template
+
+    def encode(self, record: VideoRecord) -> dict[str, bytes]:
+        path = Path(record.source) if not isinstance(record.source, bytes) else None
+        if path is not None and path.is_dir():
+            raise SampleError(path, "is a frame folder: shards hold video files (encode the frames to a video "
+                                    "first, e.g. with ffmpeg)")
+        suffix = (Path(record.path).suffix.lstrip(".").lower() or "mp4")
+        if suffix in ("json", "cls", "txt"):
+            raise SampleError(record.path, f"a video suffix `.{suffix}` would clash with the shard's other members")
+        data = path.read_bytes() if path is not None else record.source
+        meta = {"path": record.path, "label": record.label, "class_name": record.class_name, "index": record.index,
+                "text_template": record.text_template, "video": suffix}
+        members = {suffix: data, "json": json.dumps(meta).encode(), "cls": str(record.label).encode()}
+        if record.class_name is not None:
+            members["txt"] = record.class_name.encode()
+        return members  # type: ignore[return-value]
+
+    def decode(self, members: Mapping[str, bytes], where: str) -> dict[str, Any]:
+        try:
+            meta = json.loads(members["json"])
+            data = members[meta["video"]]
+        except KeyError as err:
+            raise SampleError(where, f"no `{err.args[0]}` member in the shard sample") from None
+        except (ValueError, UnicodeDecodeError) as err:
+            raise SampleError(where, f"unreadable shard member ({type(err).__name__}: {err})") from None
+        record = VideoRecord(meta["path"], bytes(data), int(meta["label"]), meta.get("class_name"),
+                             int(meta["index"]), self.text_template or meta["text_template"])
+        return make_video_sample(record, self.pipeline, self.train, name=where)
+
+
+def shard_codec(cfg: Mapping[str, Any], split: str, image_transform: Callable[[Any], torch.Tensor] | None = None
+                ) -> VideoShardCodec:
+    """The codec for shards of any video dataset: the clip options of ``cfg`` (`_OPTION_KEYS`)
+    and ``text_template`` apply; layout and protocol keys were applied when the shards were written."""
+    options = {k: v for k, v in cfg.items() if k in _OPTION_KEYS}
+    return VideoShardCodec(build_pipeline(options, split == "train"), split == "train", cfg.get("text_template"))
