@@ -72,6 +72,7 @@ class BlipVisionTrunk(ViTTrunk):
         self.grad_checkpointing = False
         self.block_hooks = nn.ModuleDict()
         self._set_trainable(unlock_class_token, unlock_positional_embedding)
+        self._init_frozen_dtype(vision_model)
         if self.proj is not None:
             self.proj.requires_grad_(True)  # new, so it always trains
 
@@ -94,8 +95,8 @@ class BlipVisionTrunk(ViTTrunk):
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Block outputs [B, 1+L, D] -> the normalised class token [B, D], times the trained
         projection [D, E] when the trunk has one (``projection_dim``)."""
-        pooled = self.ln_post(features[:, 0])
-        return pooled @ self.proj if self.proj is not None else pooled
+        pooled = self.ln_post(self._into(self.ln_post, features[:, 0]))
+        return self._project(pooled)
 
     def train(self, mode: bool = True) -> "BlipVisionTrunk":
         nn.Module.train(self, mode)

@@ -47,6 +47,14 @@ class LensModel(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.trunk.set_grad_checkpointing(enable)
 
+    def cast_frozen(self, dtype: torch.dtype) -> None:
+        """Store the frozen trunk (and the image tower it shares) in ``dtype`` (``trainer.frozen_dtype``).
+
+        Tokenizer and lens train whole (their buffers are checkpointed), so they stay fp32; the
+        trunk casts its tokens at each module boundary and returns fp32 (`ViTTrunk.cast_frozen`).
+        """
+        self.trunk.cast_frozen(dtype)
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Tokenizer and lens in full (buffers too), plus the trunk's trainable parameters."""
         state = {f"tokenizer.{k}": v for k, v in self.tokenizer.state_dict().items()}

@@ -8,7 +8,11 @@ second time is compared with the one saved in the checkpoint, key by key:
   *applied*: the learning-rate schedule is a function of the step and the recipe, so the resumed
   run follows the new recipe's schedule from the checkpoint's step on (raising ``max_steps`` from
   1000 to 2000 continues on the cosine of a 2000-step run at step 1000), and the optimizer's
-  hyper-parameters become the new ones. Its moment estimates are kept.
+  hyper-parameters become the new ones. Its moment estimates are kept. The numerics keys are
+  applied the same way: ``precision`` (autocast), ``frozen_dtype`` (how the frozen weights are
+  stored: they are not in the checkpoint, which holds the fp32 trainable weights and moments
+  either way, so the resumed run simply runs its frozen part in the new dtype) and ``compile``,
+  ``compile_backend``, ``compile_mode`` (the same computation, rounded differently by fused kernels).
 - **bookkeeping keys** (`FREE_KEYS`, and any location: a key ending in ``root`` or
   ``cache_dir``) change nothing that is computed: workers, logging, checkpoint cadence,
   evaluation, output locations.
@@ -33,6 +37,7 @@ from typing import Any, Mapping
 
 SCHEDULE_KEYS: tuple[str, ...] = (
     "max_steps", "lr", "warmup_steps", "min_lr_ratio", "weight_decay", "betas", "eps", "grad_clip", "precision",
+    "frozen_dtype", "compile", "compile_backend", "compile_mode",
 )
 
 #: Trainer fields that change how the run is observed or stored, never what it computes.
@@ -40,10 +45,14 @@ FREE_TRAINER_KEYS: tuple[str, ...] = (
     "num_workers", "prefetch_factor", "checkpoint_every", "keep_last", "eval_every", "log_every", "resume",
     "tensorboard", "wandb_project", "progress_bar", "grad_checkpointing", "bad_samples", "max_skip_fraction",
     "nonfinite", "max_nonfinite_steps", "max_consecutive_nonfinite",
+    # ddp | fsdp2: checkpoints hold full tensors either way (`omniclip.parallel`); the update differs
+    # only in float summation order (reduce-scatter vs all-reduce)
+    "parallel",
 )
 
 #: Trainer keys newer than some checkpoints, with the value a run that predates them had in effect.
-ADDED_TRAINER_KEYS: dict[str, Any] = {"lr_groups": [], "train_only": None}
+ADDED_TRAINER_KEYS: dict[str, Any] = {"lr_groups": [], "train_only": None, "parallel": "ddp", "frozen_dtype": "fp32",
+                                      "compile": False, "compile_backend": "inductor", "compile_mode": None}
 
 #: Run-config prefixes that are bookkeeping (dotted, matched on whole components).
 FREE_KEYS: tuple[str, ...] = (
@@ -125,7 +134,9 @@ class ResumeCheck:
 
     def __init__(self, saved_trainer: Mapping[str, Any], current_trainer: Mapping[str, Any],
                  saved_run: Mapping[str, Any], current_run: Mapping[str, Any]) -> None:
+        # both sides: a trainer config written without a newer key meant its default
         saved_trainer = {**ADDED_TRAINER_KEYS, **saved_trainer}
+        current_trainer = {**ADDED_TRAINER_KEYS, **current_trainer}
         trainer_changes = diff(expand_lr_groups(saved_trainer), expand_lr_groups(current_trainer))
         if any(k.startswith("lr_groups[") and k.endswith("].match") for k in trainer_changes):
             # another grouping: no scale or decay of it can be applied to the checkpoint's groups

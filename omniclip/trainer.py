@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from omniclip.acceleration import COMPILE_MODES, FROZEN_DTYPES, cast_frozen, compile_model, frozen_nbytes
 from omniclip.data import (
     ResumableSampler,
     SkipCounter,
@@ -101,6 +102,14 @@ class TrainerConfig:
     #: regexes; when set, only trainable parameters whose name matches one of them train
     train_only: list[str] | None = None
     precision: str = "fp32"  # fp32 | bf16 | fp16: autocast (and a GradScaler for fp16), on CUDA and CPU
+    #: fp32 | bf16: how the frozen weights (trunk, and the image tower it shares) are stored; the
+    #: trainable ones stay fp32 master weights (`omniclip.acceleration.cast_frozen`)
+    frozen_dtype: str = "fp32"
+    #: torch.compile the model's forward (`omniclip.acceleration.compile_model`); the objective stays eager
+    compile: bool = False
+    compile_backend: str = "inductor"  # any torch.compile backend; aot_eager / eager need no C++ compiler
+    compile_mode: str | None = None  # inductor's mode: null (default) | reduce-overhead | max-autotune | ...
+    grad_checkpointing: bool = False
     grad_checkpointing: bool = False
     num_workers: int = 2
     prefetch_factor: int | None = None  # batches each worker prepares ahead (torch's default: 2)
@@ -129,12 +138,18 @@ class TrainerConfig:
             raise _trainer_key(error) from None
         checks = {
             "precision": (self.precision, ("fp32", "bf16", "fp16")),
+            "frozen_dtype": (self.frozen_dtype, tuple(FROZEN_DTYPES)),
+            "compile_mode": (self.compile_mode, COMPILE_MODES),
             "nonfinite": (self.nonfinite, ("stop", "skip")),
             "bad_samples": (self.bad_samples, ("stop", "skip")),
         }
         for key, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ConfigError(f"trainer.{key}", f"`{value}` is not one of {allowed}")
+        if self.frozen_dtype == "bf16" and self.precision == "fp16":
+            raise ConfigError("trainer.frozen_dtype", "bf16 frozen weights under fp16 autocast would be recast to "
+                              "fp16 in every op (bf16's range does not fit fp16's): use trainer.precision=bf16 "
+                              "or fp32 with frozen_dtype=bf16, or frozen_dtype=fp32 with fp16")
         for key in ("max_steps", "batch_size", "grad_accum_steps", "checkpoint_every", "log_every",
                     "max_consecutive_nonfinite", "max_nonfinite_steps"):
             if getattr(self, key) < 1:
@@ -190,6 +205,7 @@ class Trainer:
         self.objective = objective.to(self.device)
         if cfg.grad_checkpointing and hasattr(model, "set_grad_checkpointing"):
             model.set_grad_checkpointing(True)
+        self._setup_frozen_dtype_and_compile()
         # One module so optimizer, checkpoints and DDP see model and objective together; DDP's
         # gradient synchronisation needs the forward to go through it.
         self.trainable = _TrainStep(self.model, self.objective)
@@ -226,6 +242,43 @@ class Trainer:
         self._stop_signal: int | None = None
         self._writer = None
         self._wandb = None
+
+    def _setup_frozen_dtype_and_compile(self) -> None:
+        """``trainer.frozen_dtype`` and ``trainer.compile``, before the optimizer and DDP see the
+        parameters: the optimizer must get the fp32 master weights, DDP the stored dtypes."""
+        cfg = self.cfg
+        before = frozen_nbytes(self.model)
+        cast_frozen(self.model, cfg.frozen_dtype, trainable=(self.objective,))
+        if cfg.frozen_dtype != "fp32":
+            log.info("frozen weights stored in %s: %.1f MiB (%.1f MiB in fp32)", cfg.frozen_dtype,
+                     frozen_nbytes(self.model) / 2**20, before / 2**20)
+        if cfg.compile:
+            if self.env.world_size > 1:
+                raise ConfigError("trainer.compile", f"is not supported with {self.env.world_size} ranks yet "
+                                  "(a compiled model under DistributedDataParallel is untested here): set "
+                                  "trainer.compile=false for multi-process runs")
+            compile_model(self.model, cfg.compile_backend, cfg.compile_mode, self.device)
+
+    def _data_source(self, dataset: Dataset | ShardDataset, collate_fn: Callable[[list[Any]], dict[str, Any]]
+                     ) -> tuple[ResumableSampler | ShardLoader, DataLoader | ShardLoader]:
+        """The position keeper and the batch source: a `ResumableSampler` driving a DataLoader
+        over a map-style dataset, or one `ShardLoader` (both roles) over a `ShardDataset`.
+        `_batches`, `_data_state`, `resume` and `_rebuild_batch` use the same interface on both."""
+        cfg, pin = self.cfg, self.device.type == "cuda"
+        if isinstance(dataset, ShardDataset):
+            loader = ShardLoader(dataset, collate_fn, cfg.batch_size, seed=cfg.seed, rank=self.env.rank,
+                                 world_size=self.env.world_size, num_workers=cfg.num_workers,
+                                 policy=cfg.bad_samples, pin_memory=pin, prefetch_factor=cfg.prefetch_factor)
+            return loader, loader
+        sampler = ResumableSampler(
+            len(dataset), shuffle=True, seed=cfg.seed, rank=self.env.rank, world_size=self.env.world_size,
+            drop_last=True, batch_size=cfg.batch_size,
+        )
+        loader = build_loader(
+            dataset, collate_fn, cfg.batch_size, sampler, cfg.num_workers, cfg.seed,
+            pin_memory=pin, policy=cfg.bad_samples, prefetch_factor=cfg.prefetch_factor,
+        )
+        return sampler, loader
 
     def _data_source(self, dataset: Dataset | ShardDataset, collate_fn: Callable[[list[Any]], dict[str, Any]]
                      ) -> tuple[ResumableSampler | ShardLoader, DataLoader | ShardLoader]:

@@ -11,6 +11,10 @@ weights serve two entry points:
 Frozen parameters are shared with the CLIP model they come from (no copy). Parameters that are
 *unlocked* for training (class token, positional embedding, first blocks) are copied first, so
 training never alters the image tower that produces the frozen anchors.
+
+`ViTTrunk.cast_frozen` stores the frozen parts in bf16 (``trainer.frozen_dtype``) while what
+trains stays fp32: the forward then casts the token stream into each module's dtype at its
+boundary and returns the embedding in fp32.
 """
 
 from __future__ import annotations
@@ -105,6 +109,13 @@ class ViTTrunk(nn.Module):
         #: (x, **hook_kwargs) and return x; their parameters are trainable.
         self.block_hooks = nn.ModuleDict()
         self._set_trainable(unlock_class_token, unlock_positional_embedding)
+        self._init_frozen_dtype(visual)
+
+    def _init_frozen_dtype(self, tower: nn.Module) -> None:
+        """Remember the tower the frozen weights are shared with (not a submodule: never saved
+        or moved with the trunk) for `cast_frozen`; until then the forward casts nothing."""
+        self._source_tower: tuple[nn.Module, ...] = (tower,)
+        self.frozen_dtype: torch.dtype | None = None
 
     def _set_trainable(self, unlock_class_token: bool, unlock_positional_embedding: bool) -> None:
         """Freeze everything but the unlocked blocks and the unlocked embeddings."""
@@ -148,6 +159,60 @@ class ViTTrunk(nn.Module):
             raise IndexError(f"block {index} does not exist (the trunk runs {len(self.blocks)} blocks)")
         self.block_hooks[str(index)] = hook
 
+    def cast_frozen(self, dtype: torch.dtype) -> None:
+        """Store every frozen parameter and buffer in ``dtype`` (bf16) in place; trainable ones stay.
+
+        The frozen weights are the image tower's own tensors (shared, not copied), so the whole
+        tower is cast with them, and its forward (``encode_image``: image anchors, the video
+        models' frames) gets a hook that casts its input to ``dtype`` and its output back to
+        fp32; a tower with trainable parameters of its own is refused (it would be half cast).
+        Norm layers are cast too (open_clip's ``pure_bf16`` rule): PyTorch's LayerNorm kernels
+        accumulate the statistics in fp32 for bf16 input, and the output is rounded to bf16 as
+        open_clip's ``LayerNormFp32`` rounds it, so only the affine weights lose bits (2^-9).
+        From then on the forward casts the tokens into each module's dtype at its boundary
+        (fp32 lens output -> bf16 frozen blocks -> fp32 unlocked blocks and hooks) and returns
+        fp32 from `forward_head`. Gradients flow through the casts into what trains.
+        """
+        if self.frozen_dtype is not None:
+            if self.frozen_dtype != dtype:
+                raise ValueError(f"the trunk's frozen weights are already {self.frozen_dtype}; cannot cast to {dtype}")
+            return
+        for tower in self._source_tower:
+            done = getattr(tower, "_omniclip_frozen_dtype", None)  # another trunk on this tower cast it
+            if done is not None:
+                if done != dtype:
+                    raise ValueError(f"the image tower is already stored in {done}; cannot cast it to {dtype}")
+                continue
+            trainable = [n for n, p in tower.named_parameters() if p.requires_grad]
+            if trainable:
+                raise ConfigError("trainer.frozen_dtype", f"the image tower has trainable parameters of its own "
+                                  f"({', '.join(trainable[:3])}): a frozen dtype needs a frozen tower (load the "
+                                  "backbone frozen), or set trainer.frozen_dtype=fp32")
+            tower.to(dtype)  # in place: the Parameter objects the trunk shares keep their identity
+            tower.register_forward_pre_hook(_cast_inputs_hook(dtype), with_kwargs=True)
+            tower.register_forward_hook(_float_output_hook)
+            tower._omniclip_frozen_dtype = dtype
+        with torch.no_grad():
+            for param in self.parameters():
+                if not param.requires_grad and param.is_floating_point():
+                    param.data = param.data.to(dtype)
+            for module in self._frozen_modules():
+                for name, buffer in module.named_buffers(recurse=False):
+                    if buffer is not None and buffer.is_floating_point():
+                        setattr(module, name, buffer.to(dtype))
+        self.frozen_dtype = dtype
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        """Modules none of whose parameters train (their buffers are cast with them)."""
+        return [m for m in self.modules() if not any(p.requires_grad for p in m.parameters())]
+
+    def _into(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in ``module``'s parameter dtype once the frozen parts are cast; else unchanged
+        (autocast runs keep their dtypes exactly as before)."""
+        if self.frozen_dtype is None:
+            return x
+        return x.to(_param_dtype(module, x.dtype))
+
     def train(self, mode: bool = True) -> "ViTTrunk":
         """Trainable parts follow ``mode``; frozen parts always stay in eval mode."""
         super().train(mode)
@@ -158,7 +223,7 @@ class ViTTrunk(nn.Module):
     # ---------------------------------------------------------------- forward
     def patch_embed(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] -> patch tokens [B, H*W/p^2, D] (no class token, no positions)."""
-        x = self.conv1(images)
+        x = self.conv1(self._into(self.conv1, images))
         return x.flatten(2).transpose(1, 2)
 
     def check_num_tokens(self, num_tokens: int) -> None:
@@ -183,7 +248,7 @@ class ViTTrunk(nn.Module):
             pos = interpolate_positions(pos, self.grid_size, num_tokens)
         cls = self.class_embedding.to(tokens.dtype).expand(batch, 1, width)
         x = torch.cat([cls, tokens], dim=1) + pos.to(tokens.dtype)
-        return self.ln_pre(x)
+        return self.ln_pre(self._into(self.ln_pre, x))
 
     def forward_features(self, tokens: torch.Tensor, **hook_kwargs: Any) -> torch.Tensor:
         """Token sequence [B, L, D] -> block outputs [B, 1+L, D] (before pooling and ln_post)."""
@@ -191,7 +256,8 @@ class ViTTrunk(nn.Module):
         for index, block in enumerate(self.blocks):
             hook = self.block_hooks[str(index)] if str(index) in self.block_hooks else None
             if hook is not None:
-                x = hook(x, **hook_kwargs)
+                x = hook(self._into(hook, x), **hook_kwargs)
+            x = self._into(block, x)
             if self.grad_checkpointing and torch.is_grad_enabled() and x.requires_grad:
                 x = checkpoint(block, x, use_reentrant=False)
             else:
@@ -199,16 +265,24 @@ class ViTTrunk(nn.Module):
         return x
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Block outputs [B, 1+L, D] -> pooled, projected embedding [B, E] (not normalised)."""
+        """Block outputs [B, 1+L, D] -> pooled, projected embedding [B, E] (not normalised;
+        fp32 once the frozen parts are cast)."""
+        features = self._into(self.ln_post, features)
         if self.final_ln_after_pool:
             pooled = self.ln_post(self._pool(features))
         else:
             pooled = self._pool(self.ln_post(features))
-        return pooled @ self.proj if self.proj is not None else pooled
+        return self._project(pooled)
+
+    def _project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``pooled @ proj`` (when the trunk has one), in fp32 once the frozen parts are cast."""
+        if self.proj is not None:
+            pooled = (pooled.to(self.proj.dtype) if self.frozen_dtype is not None else pooled) @ self.proj
+        return pooled.float() if self.frozen_dtype is not None else pooled
 
     def normed_tokens(self, features: torch.Tensor) -> torch.Tensor:
         """ln_post over every token: what a Q-Former reads (InstructBLIP-style heads)."""
-        return self.ln_post(features)
+        return self.ln_post(self._into(self.ln_post, features))
 
     def forward(self, tokens: torch.Tensor, **hook_kwargs: Any) -> torch.Tensor:
         """Token sequence [B, L, D] -> embedding [B, E] (not normalised)."""
@@ -235,6 +309,35 @@ def select_blocks(blocks: list[nn.Module], skip_blocks: int, unlocked_blocks: in
     if not 0 <= unlocked_blocks <= len(blocks):
         raise ConfigError("trunk.unlocked_blocks", f"{unlocked_blocks} exceeds the {len(blocks)} blocks that run")
     return [copy.deepcopy(b) if i < unlocked_blocks else b for i, b in enumerate(blocks)]
+
+
+def _param_dtype(module: nn.Module, default: torch.dtype) -> torch.dtype:
+    """The dtype of ``module``'s first floating parameter (``default`` for a module without)."""
+    for param in module.parameters():
+        if param.is_floating_point():
+            return param.dtype
+    return default
+
+
+def _cast_inputs_hook(dtype: torch.dtype) -> Callable[..., Any]:
+    """A forward pre-hook casting floating tensor arguments to ``dtype`` (a cast tower's input)."""
+
+    def cast(value: Any) -> Any:
+        return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+    return hook
+
+
+def _float_output_hook(module: nn.Module, args: Any, output: Any) -> Any:
+    """A forward hook returning a cast tower's tensor output(s) in fp32, as callers expect."""
+    if isinstance(output, torch.Tensor):
+        return output.float() if output.is_floating_point() else output
+    if isinstance(output, tuple) and all(isinstance(o, torch.Tensor) for o in output):
+        return tuple(o.float() if o.is_floating_point() else o for o in output)
+    return output  # a structured output (transformers' ModelOutput) is left as the tower made it
 
 
 def maybe_copy(param: nn.Parameter, unlocked: bool) -> nn.Parameter:
