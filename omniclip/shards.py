@@ -387,7 +387,8 @@ def build_shard_dataset(modality: Any, cfg: Mapping[str, Any], split: str, key: 
 
     The codec's options are the index's source dataset config overridden by the recipe's keys,
     so ``data.train: {shards: DIR}`` alone decodes as the source did, and a recipe can change
-    e.g. ``num_points`` or the augmentation. Errors name ``key``.
+    e.g. ``num_points`` or the augmentation. ``limit`` keeps the fewest leading shards holding
+    that many samples (shards are read whole). Errors name ``key``.
     """
     from omniclip.recipe import config_scope
 
@@ -399,7 +400,11 @@ def build_shard_dataset(modality: Any, cfg: Mapping[str, Any], split: str, key: 
             raise ConfigError("shards", f"{index.folder / INDEX_NAME} holds {index.modality} samples, not "
                                         f"{modality.name}")
         options = {**index.dataset, **params}
-        options.pop("limit", None)
+        limit = options.pop("limit", None)
+        if limit is not None:  # whole shards: the fewest leading ones that hold `limit` samples
+            counts = np.cumsum([s.count for s in index.shards])
+            keep = int(np.searchsorted(counts, int(limit))) + 1
+            index.shards, paths = index.shards[:keep], paths[:keep]
         if tokenizer_cfg is not None:
             modality.check_data(tokenizer_cfg, options)
         codec = modality.shard_codec(options, split, image_transform)

@@ -451,3 +451,39 @@ def test_a_checkpoint_from_other_workers_is_refused_naming_the_change(tmp_path, 
     shard_trainer(tiny_backbone, tmp_path / "run", tmp_path, num_workers=0).fit(stop_at=2)
     with pytest.raises(ConfigError, match=r"trainer.resume.*workers=1.*this run has workers=2"):
         shard_trainer(tiny_backbone, tmp_path / "run", tmp_path, num_workers=2).fit()
+
+
+# ------------------------------------------------------------------------------ the commands
+
+
+def test_omniclip_shard_then_omniclip_train_from_the_shards(tmp_path, capsys):
+    """``omniclip-shard`` writes a recipe's dataset; ``data=shards data.train.shards=DIR`` trains
+    from it (the debug recipe, 2 steps), the source options coming from the index."""
+    from hydra import compose, initialize_config_module
+
+    from omniclip import shard, train
+
+    root = make_ulip_shapenet(tmp_path / "ulip", per_synset=4, points=48)
+    out = tmp_path / "shards"
+    shard.main(["experiment=pointcloud/vitlens_l_shapenet", f"data.train.root={root}", "data.train.num_points=32",
+                "data.train.min_points=8", "--out", str(out), "--samples-per-shard", "3", "--no-progress"])
+    assert "wrote 8 pointcloud samples in 3 shard(s)" in capsys.readouterr().out
+    index = json.loads((out / INDEX_NAME).read_text())
+    assert [s["count"] for s in index["shards"]] == [3, 3, 2] and index["dataset"]["num_points"] == 32
+    with initialize_config_module("omniclip.recipes", version_base="1.3"):
+        cfg = compose("train", ["experiment=pointcloud/vitlens_l_shapenet", "debug=default", "data=shards",
+                                f"data.train.shards={out}", f"output_dir={tmp_path / 'run'}",
+                                f"anchors.cache_dir={tmp_path / 'anchors'}", "modality.tokenizer.num_groups=8",
+                                "modality.tokenizer.group_size=8", "trainer.max_steps=2", "eval=none"])
+    trainer, _, _ = train.build_trainer(cfg)
+    assert isinstance(trainer.loader, ShardLoader) and trainer.loader.source.codec.opts.num_points == 32
+    result = trainer.fit()
+    assert result.step == 2 and all(loss == loss for loss in result.losses)
+
+
+def test_omniclip_shard_help_names_its_options(capsys):
+    from omniclip import shard
+
+    shard.main(["--help"])
+    text = capsys.readouterr().out
+    assert "--samples-per-shard" in text and "--max-size" in text and "experiment=NAME" in text
