@@ -187,6 +187,8 @@ def test_a_key_in_two_shards_is_indexed_once_and_prefix_collisions_are_told_apar
     twin = key.copy()
     twin[0, 19] ^= 0xFF  # same first 8 bytes (the index's uint64 hash), another key
     disk.write(key, torch.ones(1, 4), "a")
+    found, _ = ShardFolder(tmp_path).read(twin)
+    assert not found.any()  # the 64-bit hash matches one row, the full key does not
     disk.write(np.concatenate([twin, key]), torch.stack([torch.full((4,), 2.0), torch.full((4,), 3.0)]), "b")
     disk.merge_index()
     with safe_open(str(tmp_path / INDEX), framework="np") as handle:
