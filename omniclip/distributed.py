@@ -58,9 +58,13 @@ def init_distributed(device: str | None = None) -> DistEnv:
 
     ``WORLD_SIZE`` unset (or 1) means a single process: no process group is created. Otherwise
     ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` must be set too. ``device``
-    defaults to CUDA when available; ``"cuda"`` without an index becomes ``cuda:LOCAL_RANK``.
-    The backend is nccl on CUDA and gloo on CPU. Calling it again in an initialised process
-    returns the environment without re-initialising.
+    defaults to CUDA when available; ``"cuda"`` without an index becomes ``cuda:LOCAL_RANK``
+    (``RANK`` is global, over all nodes; ``LOCAL_RANK`` counts this node's processes, so the same
+    rule serves one node and many). The backend is nccl on CUDA and gloo on CPU. Calling it again
+    in an initialised process returns the environment without re-initialising.
+
+    Raises `ConfigError` for a torchrun restart (``--max-restarts``) that would hang: see
+    `_check_restart_store`.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
@@ -75,11 +79,33 @@ def init_distributed(device: str | None = None) -> DistEnv:
         )
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ["LOCAL_RANK"])
+    if not dist.is_initialized():
+        _check_restart_store()
     dev = _resolve_device(device, local_rank)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size)
     return DistEnv(rank, local_rank, world_size, dist.get_backend(), dev)
+
+
+def _check_restart_store() -> None:
+    """Refuse a restarted torchrun attempt whose process group setup would wait forever.
+
+    By default torchrun's workers set up their process group through the store of the agent's
+    rendezvous (``TORCHELASTIC_USE_AGENT_STORE=True``), and in torch 2.11 that store is the same
+    one for every restart attempt: the restarted workers read the addresses the dead attempt
+    left there and wait on them (seen here with gloo: both ranks stuck in ``init_process_group``
+    after ``--max-restarts`` restarted them; torch issue #135712 reports the same for nccl).
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` makes each attempt use a fresh store.
+    """
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if restart > 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        raise ConfigError(
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE",
+            f"torchrun restarted the workers (attempt {restart + 1}) but shares one rendezvous store across "
+            "attempts, where the process group setup would wait forever on the dead attempt's addresses; "
+            "launch torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in its environment",
+        )
 
 
 def cleanup(synchronize: bool = False) -> None:

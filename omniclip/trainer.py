@@ -32,9 +32,9 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from omniclip import parallel
 from omniclip.acceleration import COMPILE_MODES, FROZEN_DTYPES, cast_frozen, compile_model, frozen_nbytes
 from omniclip.data import (
     ResumableSampler,
@@ -110,7 +110,8 @@ class TrainerConfig:
     compile_backend: str = "inductor"  # any torch.compile backend; aot_eager / eager need no C++ compiler
     compile_mode: str | None = None  # inductor's mode: null (default) | reduce-overhead | max-autotune | ...
     grad_checkpointing: bool = False
-    grad_checkpointing: bool = False
+    #: ddp | fsdp2: how a run under torchrun spreads over ranks (`omniclip.parallel`); one process ignores it
+    parallel: str = "ddp"
     num_workers: int = 2
     prefetch_factor: int | None = None  # batches each worker prepares ahead (torch's default: 2)
     seed: int = 0
@@ -142,6 +143,7 @@ class TrainerConfig:
             "compile_mode": (self.compile_mode, COMPILE_MODES),
             "nonfinite": (self.nonfinite, ("stop", "skip")),
             "bad_samples": (self.bad_samples, ("stop", "skip")),
+            "parallel": (self.parallel, parallel.STRATEGIES),
         }
         for key, (value, allowed) in checks.items():
             if value not in allowed:
@@ -213,11 +215,12 @@ class Trainer:
             apply_train_only(self.trainable, cfg.train_only)
         except ConfigError as error:
             raise _trainer_key(error) from None
-        self.ddp = (
-            DistributedDataParallel(self.trainable, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            if self.env.world_size > 1
-            else None
-        )
+        #: fsdp2 under torchrun: the frozen trunk blocks are sharded over the ranks (`omniclip.parallel`)
+        self.sharded = self.env.world_size > 1 and cfg.parallel == "fsdp2"
+        anchors = getattr(self.objective, "anchors", None)
+        if self.sharded and anchors is not None:  # its image tower's blocks are the trunk's, about to be sharded
+            parallel.refuse_image_tower(anchors.backbone)
+        self.ddp = parallel.wrap(self.trainable, self.model, cfg.parallel, self.device, self.env.world_size)
         try:  # the optimiser's and the schedule's own names -> the recipe keys
             self.optimizer = build_optimizer(self.trainable, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps,
                                              lr_groups=cfg.lr_groups)
@@ -258,27 +261,6 @@ class Trainer:
                                   "(a compiled model under DistributedDataParallel is untested here): set "
                                   "trainer.compile=false for multi-process runs")
             compile_model(self.model, cfg.compile_backend, cfg.compile_mode, self.device)
-
-    def _data_source(self, dataset: Dataset | ShardDataset, collate_fn: Callable[[list[Any]], dict[str, Any]]
-                     ) -> tuple[ResumableSampler | ShardLoader, DataLoader | ShardLoader]:
-        """The position keeper and the batch source: a `ResumableSampler` driving a DataLoader
-        over a map-style dataset, or one `ShardLoader` (both roles) over a `ShardDataset`.
-        `_batches`, `_data_state`, `resume` and `_rebuild_batch` use the same interface on both."""
-        cfg, pin = self.cfg, self.device.type == "cuda"
-        if isinstance(dataset, ShardDataset):
-            loader = ShardLoader(dataset, collate_fn, cfg.batch_size, seed=cfg.seed, rank=self.env.rank,
-                                 world_size=self.env.world_size, num_workers=cfg.num_workers,
-                                 policy=cfg.bad_samples, pin_memory=pin, prefetch_factor=cfg.prefetch_factor)
-            return loader, loader
-        sampler = ResumableSampler(
-            len(dataset), shuffle=True, seed=cfg.seed, rank=self.env.rank, world_size=self.env.world_size,
-            drop_last=True, batch_size=cfg.batch_size,
-        )
-        loader = build_loader(
-            dataset, collate_fn, cfg.batch_size, sampler, cfg.num_workers, cfg.seed,
-            pin_memory=pin, policy=cfg.bad_samples, prefetch_factor=cfg.prefetch_factor,
-        )
-        return sampler, loader
 
     def _data_source(self, dataset: Dataset | ShardDataset, collate_fn: Callable[[list[Any]], dict[str, Any]]
                      ) -> tuple[ResumableSampler | ShardLoader, DataLoader | ShardLoader]:
@@ -673,11 +655,13 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Run every evaluator on the main rank; returns {"step", name: metrics}.
 
-        The global RNGs are left as they were: a run resumed from the checkpoint written just
-        before an evaluation must draw the same training randomness as one that evaluated.
+        Under fsdp2 every rank runs them (each sharded block's forward is a collective) and only
+        the main rank logs. The global RNGs are left as they were: a run resumed from the
+        checkpoint written just before an evaluation must draw the same training randomness as
+        one that evaluated.
         """
         record: dict[str, Any] = {"step": self.step}
-        if self.env.is_main and self.evaluators:
+        if (self.env.is_main or self.sharded) and self.evaluators:
             self.model.eval()
             with preserved_rng_state():
                 for name, evaluator in self.evaluators.items():
@@ -685,8 +669,9 @@ class Trainer:
                     record[name] = metrics
                     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
                     self._log({f"eval/{name}/{k}": v for k, v in numbers.items()})
-                    log.info("eval %s at step %d: %s", name, self.step,
-                             "  ".join(f"{k} {v:.4g}" for k, v in numbers.items()))
+                    if self.env.is_main:
+                        log.info("eval %s at step %d: %s", name, self.step,
+                                 "  ".join(f"{k} {v:.4g}" for k, v in numbers.items()))
             self.trainable.train()
         barrier()
         return record

@@ -24,19 +24,32 @@ WEIGHT_ATOL = 1e-6
 LOSS_ABS = 1e-6
 
 
+def run_args(out: Path, batch_size: int, steps: int = 3, checkpoint_every: int = 3) -> list[str]:
+    """The recipe overrides of a toy run in ``out`` (tests/ddp_train.py adds the toy recipe)."""
+    return [f"output_dir={out}", f"anchors.cache_dir={out}/anchors", f"trainer.max_steps={steps}",
+            f"trainer.batch_size={batch_size}", f"trainer.checkpoint_every={checkpoint_every}"]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra}
+
+
+def read_run(out: Path) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """The logged per-step losses and the exported lens weights of a finished run."""
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return losses, load_file(str(out / "lens" / "lens.safetensors"))
+
+
 def launch(out, nproc, batch_size):
-    args = [f"output_dir={out}", f"anchors.cache_dir={out}/anchors", "trainer.max_steps=3",
-            f"trainer.batch_size={batch_size}", "trainer.checkpoint_every=3"]
+    args = run_args(out, batch_size)
     if nproc == 1:
         cmd = [sys.executable, "tests/ddp_train.py", *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "tests/ddp_train.py", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+    proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return losses, load_file(str(out / "lens" / "lens.safetensors"))
+    return read_run(out)
 
 
 def initial_weights(out: Path) -> dict[str, torch.Tensor]:
@@ -55,23 +68,29 @@ def initial_weights(out: Path) -> dict[str, torch.Tensor]:
 def test_two_process_ddp_equals_single_process(tmp_path):
     single_losses, single_weights = launch(tmp_path / "single", 1, batch_size=8)
     ddp_losses, ddp_weights = launch(tmp_path / "ddp", 2, batch_size=4)
-    initial = initial_weights(tmp_path / "init")
     assert len(ddp_losses) == 3
-    assert set(ddp_weights) == set(single_weights) == set(initial)
+    assert_same_training(ddp_losses, ddp_weights, single_losses, single_weights, initial_weights(tmp_path / "init"))
 
-    update = {k: (single_weights[k] - initial[k]).abs().max().item() for k in initial}
-    diff = {k: (ddp_weights[k] - single_weights[k]).abs().max().item() for k in initial}
+
+def assert_same_training(losses: list[float], weights: dict[str, torch.Tensor], ref_losses: list[float],
+                         ref_weights: dict[str, torch.Tensor], initial: dict[str, torch.Tensor]) -> None:
+    """A run's losses and final weights equal a reference run's within float noise, where every
+    tensor's training update (from ``initial``) is far above that noise (see the module docstring)."""
+    assert set(weights) == set(ref_weights) == set(initial)
+
+    update = {k: (ref_weights[k] - initial[k]).abs().max().item() for k in initial}
+    diff = {k: (weights[k] - ref_weights[k]).abs().max().item() for k in initial}
     summary = (f"largest training update {max(update.values()):.2e}, smallest per-tensor largest update "
-               f"{min(update.values()):.2e}; largest ddp-vs-single difference {max(diff.values()):.2e} "
+               f"{min(update.values()):.2e}; largest run-vs-reference difference {max(diff.values()):.2e} "
                f"({max(diff, key=diff.get)}); tolerance {WEIGHT_ATOL:.0e}")
     print(summary)
     # The check can fail: every tensor moved by far more than the tolerance.
     assert min(update.values()) > 100 * WEIGHT_ATOL, summary
-    for key in single_weights:
-        torch.testing.assert_close(ddp_weights[key], single_weights[key], atol=WEIGHT_ATOL, rtol=0,
+    for key in ref_weights:
+        torch.testing.assert_close(weights[key], ref_weights[key], atol=WEIGHT_ATOL, rtol=0,
                                    msg=lambda m, key=key: f"{key}: {m}\n{summary}")
-    # Scale-free: the DDP run's displacement from the single run is a tiny fraction of the update.
-    moved = torch.cat([(single_weights[k] - initial[k]).flatten() for k in initial]).norm()
-    apart = torch.cat([(ddp_weights[k] - single_weights[k]).flatten() for k in initial]).norm()
+    # Scale-free: the run's displacement from the reference is a tiny fraction of the update.
+    moved = torch.cat([(ref_weights[k] - initial[k]).flatten() for k in initial]).norm()
+    apart = torch.cat([(weights[k] - ref_weights[k]).flatten() for k in initial]).norm()
     assert apart < 1e-2 * moved, summary
-    assert ddp_losses == pytest.approx(single_losses, abs=LOSS_ABS)
+    assert losses == pytest.approx(ref_losses, abs=LOSS_ABS)
