@@ -24,8 +24,8 @@ from omniclip.trainer import Trainer
 from tests.toy_modality import ToyModality
 
 # A hang (a collective mismatch, a teardown deadlock) prints every thread's stack and fails the run
-# within minutes instead of running into the test's timeout with nothing to read.
-faulthandler.dump_traceback_later(240, exit=True)
+# within minutes (DDP_TRAIN_HANG_S, default 240 s) instead of running into the test's timeout with nothing to read.
+faulthandler.dump_traceback_later(float(os.environ.get("DDP_TRAIN_HANG_S", "240")), exit=True)
 
 
 def _die_at_step(step: int, rank: int) -> None:

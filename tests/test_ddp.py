@@ -36,7 +36,8 @@ def child_env(**extra: str) -> dict[str, str]:
 
 def read_run(out: Path) -> tuple[list[float], dict[str, torch.Tensor]]:
     """The logged per-step losses and the exported lens weights of a finished run."""
-    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [record["loss"] for record in records if "loss" in record]  # not the evaluation records
     return losses, load_file(str(out / "lens" / "lens.safetensors"))
 
 

@@ -32,7 +32,7 @@ STEPS, CHECKPOINT_EVERY, DIE_AT = 4, 2, 3  # the restart resumes from step 2 and
 
 def torchrun(out: Path, *overrides: str, flags: tuple[str, ...] = (), **env: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *flags,
-           "tests/ddp_train.py", *run_args(out, 4, STEPS, CHECKPOINT_EVERY), *overrides]
+           "tests/ddp_train.py", *run_args(out, 4, STEPS, CHECKPOINT_EVERY), "eval=toy", *overrides]
     return subprocess.run(cmd, cwd=ROOT, env=child_env(DDP_TRAIN_REPORT="1", **env), capture_output=True,
                           text=True, timeout=420)
 
@@ -56,12 +56,25 @@ def reports(out: Path) -> list[dict]:
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
+def records(out: Path) -> list[dict]:
+    """metrics.jsonl without the throughput (a timing)."""
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "samples_per_s"} for line in lines]
+
+
+def evaluations(out: Path) -> list[dict]:
+    return [record for record in records(out) if any(k.startswith("eval/") for k in record)]
+
+
 @pytest.mark.slow
 def test_fsdp2_trains_like_ddp(runs, tmp_path):
     ddp_losses, ddp_weights = read_run(runs / "ddp")
     losses, weights = read_run(runs / "fsdp2")
     assert len(losses) == STEPS
     assert_same_training(losses, weights, ddp_losses, ddp_weights, initial_weights(tmp_path / "init"))
+    # eval=toy every 2 steps: under fsdp2 every rank evaluates (rank 0 alone would wait on the blocks' gathers)
+    assert [e["step"] for e in evaluations(runs / "fsdp2")] == [2, 4]
+    assert evaluations(runs / "fsdp2") == evaluations(runs / "ddp")
 
 
 @pytest.mark.slow
@@ -104,11 +117,10 @@ def test_elastic_restart_resumes_from_the_last_checkpoint(runs, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"rank 1 dies before step {DIE_AT + 1}" in proc.stderr  # the fault did happen
     # A fresh start would have appended steps 1.. again; a resume truncates the log to step 2 first.
-    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, STEPS + 1))
-    losses, weights = read_run(out)
-    ref_losses, ref_weights = read_run(runs / "fsdp2")
-    assert losses == ref_losses
+    assert [r["step"] for r in records(out) if "loss" in r] == list(range(1, STEPS + 1))
+    assert records(out) == records(runs / "fsdp2")  # every loss, gradient norm and evaluation
+    _, weights = read_run(out)
+    _, ref_weights = read_run(runs / "fsdp2")
     for key, value in ref_weights.items():
         assert torch.equal(weights[key], value), key
 
