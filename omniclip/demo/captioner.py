@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -21,8 +22,9 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
+from omniclip.demo.clip_pretrain import clip_loss
 from omniclip.demo.dataset import Draw
 from omniclip.demo.world import SYNONYMS, WorldConfig
 from omniclip.optim import build_optimizer, cosine_schedule
@@ -85,14 +87,21 @@ class CaptionerConfig:
     """Sizes of the tiny InstructBLIP and its training recipe."""
 
     width: int = 64  # vision tower, Q-Former and language model
-    vision_layers: int = 3
+    vision_layers: int = 4
     qformer_layers: int = 2
     text_layers: int = 2
     heads: int = 4
     num_query_tokens: int = 8
     image_size: int = 32
-    patch_size: int = 4
-    steps: int = 800
+    patch_size: int = 8
+    # A0: the vision tower pretrained contrastively against a bag-of-words caption encoder (as
+    # InstructBLIP's EVA tower was pretrained as a CLIP), then frozen while A1 trains the Q-Former
+    # and the language model on captions (InstructBLIP freezes its tower too). 0: no A0, and A1
+    # trains the tower with the rest.
+    tower_steps: int = 300
+    tower_batch_size: int = 128
+    tower_lr: float = 3e-3
+    steps: int = 600
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -194,11 +203,16 @@ def train_captioner(world: WorldConfig, draw: Draw, cfg: CaptionerConfig, out_di
         report(f"captioner: reusing {weights}")
         model.load_state_dict(load_file(str(weights)))
         return _frozen(model), tokenizer, json.loads(info_path.read_text())
+    start = time.perf_counter()
+    tower_info = pretrain_tower(model, tokenizer, world, draw, cfg, report) if cfg.tower_steps else {}
     model.train()
+    if cfg.tower_steps:
+        model.vision_model.requires_grad_(False)
+        model.vision_model.eval()
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
     schedule = cosine_schedule(optimizer, cfg.warmup_steps, cfg.steps)
     generator = torch.Generator().manual_seed(cfg.seed + 1)
-    start, losses = time.perf_counter(), []
+    losses = []
     for step in range(1, cfg.steps + 1):
         labels = torch.randint(len(world.classes), (cfg.batch_size,), generator=generator)
         _, images, captions = draw(labels, generator)
@@ -214,7 +228,7 @@ def train_captioner(world: WorldConfig, draw: Draw, cfg: CaptionerConfig, out_di
             report(f"captioner step {step}/{cfg.steps}  loss {loss.item():.3f}  {time.perf_counter() - start:.0f} s")
     tail = losses[-max(len(losses) // 10, 1):]
     info = {"hash": folder.name, "seconds": round(time.perf_counter() - start, 1),
-            "final_loss": sum(tail) / len(tail), "vocabulary_size": len(tokenizer), "config": asdict(cfg)}
+            "final_loss": sum(tail) / len(tail), "tower": tower_info, "vocabulary_size": len(tokenizer), "config": asdict(cfg)}
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{WEIGHTS_FILE}.tmp"
     save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(tmp))
@@ -222,6 +236,50 @@ def train_captioner(world: WorldConfig, draw: Draw, cfg: CaptionerConfig, out_di
     info_path.write_text(json.dumps(info, indent=2))
     report(f"captioner: {info['seconds']:.0f} s, final loss {info['final_loss']:.3f}; saved {weights}")
     return _frozen(model), tokenizer, info
+
+
+class BagOfWords(nn.Module):
+    """A caption encoder for the tower's contrastive pretraining: the mean of learned word vectors
+    (padding excluded), projected. The demo's captions need no more than which words they hold."""
+
+    def __init__(self, vocab_size: int, width: int, pad_id: int) -> None:
+        super().__init__()
+        self.embed = nn.EmbeddingBag(vocab_size, width, mode="mean", padding_idx=pad_id)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.proj(self.embed(ids))
+
+
+def pretrain_tower(model: Any, tokenizer: Any, world: WorldConfig, draw: Draw, cfg: CaptionerConfig,
+                   report: Callable[[str], None]) -> dict[str, Any]:
+    """Stage A0: CLIP's symmetric InfoNCE between the tower's normalised class token (through a
+    linear projection) and `BagOfWords` of the caption, on fresh renderings of every class."""
+    width = cfg.width
+    text = BagOfWords(len(tokenizer), width, tokenizer.pad_token_id)
+    image_proj = nn.Linear(width, width)
+    log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+    parts = nn.ModuleDict({"tower": model.vision_model, "text": text, "image_proj": image_proj})
+    parts.register_parameter("log_scale", log_scale)
+    parts.train()
+    optimizer = build_optimizer(parts, cfg.tower_lr, cfg.weight_decay)
+    schedule = cosine_schedule(optimizer, max(cfg.tower_steps // 10, 1), cfg.tower_steps)
+    generator = torch.Generator().manual_seed(cfg.seed + 2)
+    start = time.perf_counter()
+    for step in range(1, cfg.tower_steps + 1):
+        labels = torch.randint(len(world.classes), (cfg.tower_batch_size,), generator=generator)
+        _, images, captions = draw(labels, generator)
+        ids = tokenizer(list(captions), add_special_tokens=False, padding=True, return_tensors="pt")["input_ids"]
+        pooled = model.vision_model(pixel_values=images).pooler_output  # the post-LN class token
+        loss = clip_loss(image_proj(pooled), text(ids), log_scale.exp().clamp(max=100))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % max(cfg.tower_steps // 5, 1) == 0 or step == cfg.tower_steps:
+            report(f"tower (contrastive) step {step}/{cfg.tower_steps}  loss {loss.item():.3f}  "
+                   f"{time.perf_counter() - start:.0f} s")
+    return {"seconds": round(time.perf_counter() - start, 1), "final_loss": loss.item()}
 
 
 def _frozen(model: Any) -> Any:

@@ -54,15 +54,14 @@ DEV_HELD_OUT = (1, 3, 8)
 
 # --------------------------------------------------------------------------- scoring
 def shape_lexicon(classes: Sequence[str]) -> list[tuple[tuple[str, ...], str]]:
-    """(words of a synonym, its class) for every synonym of ``classes``, longest first, so that
-    "hollow cylinder" (a tube) is read before "cylinder" and "half sphere" (a dome) before "sphere"."""
-    entries = [(tuple(words(s)), name) for name in classes for s in SYNONYMS[name]]
-    return sorted(entries, key=lambda entry: -len(entry[0]))
+    """(words of a synonym, its class) for every synonym of ``classes``."""
+    return [(tuple(words(s)), name) for name in classes for s in SYNONYMS[name]]
 
 
 def named_shapes(text: str, classes: Sequence[str]) -> list[str]:
     """The classes a description names, in order: its words (lower case, punctuation apart) are
-    read left to right, each position matching the longest synonym that starts there."""
+    read left to right and a synonym is consumed whole where it starts, so "hollow cylinder" (a
+    tube) is read at "hollow" and its "cylinder" is not counted again ("half sphere": a dome)."""
     lexicon = shape_lexicon(classes)
     tokens = [w for w in words(text) if any(c.isalnum() for c in w)]
     found, i = [], 0
@@ -256,7 +255,7 @@ def preset(name: str, seed: int = 0, held_out: Sequence[int] | None = None) -> D
     quick = replace(
         base,
         world=replace(base.world, num_points=64, render_points=1024),
-        captioner=replace(base.captioner, steps=3, batch_size=8, warmup_steps=1),
+        captioner=replace(base.captioner, tower_steps=2, tower_batch_size=8, steps=3, batch_size=8, warmup_steps=1),
         lens=replace(base.lens, num_groups=8, group_size=8),
         align=replace(base.align, steps=2, batch_size=4, warmup_steps=1),
         train_per_class=2,

@@ -128,7 +128,7 @@ def test_lens_features_have_the_towers_layout_and_feed_the_head(captioner, token
     with torch.no_grad():
         reference = captioner.vision_model(pixel_values=images).last_hidden_state  # transformers' post-LN output
     features = image_features(trunk, images)
-    assert features.shape == (3, 1 + (32 // 4) ** 2, 64)
+    assert features.shape == (3, 1 + (32 // CaptionerConfig().patch_size) ** 2, 64)
     torch.testing.assert_close(features, reference, rtol=0, atol=1e-5)
     lens = build_tower_lens(trunk, LensConfig(num_groups=8, group_size=8), seed=0)
     clouds = lens_features(lens, shapes.points)
