@@ -487,3 +487,16 @@ def test_omniclip_shard_help_names_its_options(capsys):
     shard.main(["--help"])
     text = capsys.readouterr().out
     assert "--samples-per-shard" in text and "--max-size" in text and "experiment=NAME" in text
+
+
+def test_bench_shards_measures_loader_and_step_side_by_side():
+    """tools/bench_shards.py at tiny sizes: every rate measured, the printed ratio is loader / step."""
+    from tests.tools import load_tool
+
+    bench = load_tool("bench_shards")
+    result = bench.run(samples=8, per_shard=2, batch_size=2, workers=2, num_points=32, backbone_name="omniclip-tiny",
+                       steps=1, repeats=1, num_groups=4, group_size=8)
+    assert all(result[k] > 0 for k in ("write", "loader", "step", "pipeline"))
+    assert result["ratio"] == pytest.approx(result["loader"] / result["step"])
+    text = bench.format_result(result, (1.0,), (2.0,))
+    assert f"loader / step = {result['ratio']:.2f}" in text and "load average 1.00 before, 2.00 after" in text
