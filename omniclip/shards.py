@@ -369,6 +369,8 @@ class ShardDataset:
     shuffle_buffer: int = 1000
     shard_shuffle: bool = True
     train_num_samples: int | None = None
+    #: the dataset options the codec decodes with (the source's, overridden by the recipe's)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.shuffle_buffer < 0:
@@ -409,7 +411,7 @@ def build_shard_dataset(modality: Any, cfg: Mapping[str, Any], split: str, key: 
             modality.check_data(tokenizer_cfg, options)
         codec = modality.shard_codec(options, split, image_transform)
         return ShardDataset(index, paths, codec, int(reader.get("shuffle_buffer", 1000)),
-                            bool(reader.get("shard_shuffle", True)), reader.get("train_num_samples"))
+                            bool(reader.get("shard_shuffle", True)), reader.get("train_num_samples"), options)
 
 
 def _seed_words(*words: int) -> int:

@@ -72,7 +72,8 @@ def build_trainer(cfg: DictConfig, env: DistEnv | None = None) -> tuple[Trainer,
     image_transform.bind(backbone.preprocess)
     torch.manual_seed(trainer_cfg.seed)  # lens initialisation: the same on every rank and every run
     model, model_cfg = build_model(cfg, backbone)
-    modality.check_model_data(model, OmegaConf.to_container(cfg.data.train, resolve=True), "data.train")
+    train_options = getattr(dataset, "options", None) or OmegaConf.to_container(cfg.data.train, resolve=True)
+    modality.check_model_data(model, train_options, "data.train")  # shards: the index's options + the recipe's
     for name, task in (eval_cfg.get("tasks") or {}).items():
         modality.check_model_data(model, task.get("dataset") or {}, f"eval.tasks.{name}.dataset")
     anchors = AnchorStore(backbone, cfg.anchors.get("cache_dir"), int(cfg.anchors.get("batch_size", 256)))
