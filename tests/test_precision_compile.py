@@ -225,7 +225,6 @@ def test_compile_refuses_unknown_backends_inductor_modes_elsewhere_and_several_r
         make_trainer(fresh_backbone(), tmp_path, compile=True, compile_backend="eager", compile_mode="max-autotune")
     assert str(error.value) == ("config `trainer.compile_mode`: `max-autotune` is an inductor mode; "
                                 "trainer.compile_backend is `eager`: set compile_mode=null")
-    from tests.test_trainer import ToyModality  # noqa: F401  (the toy modality make_trainer uses)
     from omniclip.trainer import Trainer
     two = DistEnv(rank=0, local_rank=0, world_size=2, backend="gloo", device=torch.device("cpu"))
     model = make_trainer(fresh_backbone(), tmp_path).model
