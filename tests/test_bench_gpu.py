@@ -105,3 +105,18 @@ def test_frozen_bf16_compile_row_runs_or_names_the_missing_option(tool, tmp_path
         assert row["reason"].startswith("trainer.") and row["reason"].endswith("not in this checkout")
     else:
         assert row["samples_per_s"] > 0 and row["mfu"] is None  # no peak for a CPU
+
+
+def test_a_row_that_would_overrun_the_budget_is_skipped_and_named(tool):
+    import torch
+
+    def out_of_time(need: float) -> bool:  # room for eager rows only
+        return need >= tool.ROW_ESTIMATE_S["compile"]
+
+    section = tool.lens_step_section(tool.TINY, torch.device("cpu"), None, "eager", out_of_time,
+                                     ["bf16-compile"])
+    rows = section["trunks"]["omniclip-tiny"]["rows"]
+    assert rows["fp32 (baseline)"]["samples_per_s"] > 0 and rows["fp32 (baseline)"]["mfu"] is None
+    if rows["bf16 + compile"].get("reason", "").startswith("trainer."):
+        pytest.skip("trainer.compile is not in this checkout")
+    assert rows["bf16 + compile"] == {"available": False, "reason": "would not fit in the time budget (--budget-s)"}

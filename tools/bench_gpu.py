@@ -114,8 +114,8 @@ class Sizes:
 
 
 FULL = Sizes(
-    trunks=(LensTrunk("ViT-B-16", {"num_latents": 256}, {"interpolate_positions": True}),
-            LensTrunk("ViT-L-14", {"num_latents": 256}, {})),
+    trunks=(LensTrunk("ViT-L-14", {"num_latents": 256}, {}),  # the target's trunk first: the budget cuts last
+            LensTrunk("ViT-B-16", {"num_latents": 256}, {"interpolate_positions": True})),
     tokenizer={"name": "pointbert"}, points=8192, batch=128, warmup=2, steps=5,
     fps_batch=8, fps_points=8192, fps_centres=512, knn_k=32, fbank_clips=256, fbank_seconds=5.0,
     video_files=2, video_seconds=10.0, video_sizes={"320x240": (320, 240), "640x360": (640, 360)},
@@ -145,10 +145,20 @@ SETTINGS: dict[str, tuple[str, Setting]] = {
     "bf16": ("bf16 autocast", Setting(bf16=True)),
     "bf16-ckpt": ("bf16 + grad checkpointing", Setting(bf16=True, ckpt=True)),
     "bf16-nocache": ("bf16, anchor cache off", Setting(bf16=True, cache=False)),
-    "bf16-frozen": ("bf16 + frozen trunk bf16", Setting(bf16=True, frozen_bf16=True)),
     "bf16-compile": ("bf16 + compile", Setting(bf16=True, compile=True)),
+    # Frozen-bf16 rows last: they cast the trunk's image tower, shared by the trunk's rows, in place.
+    "bf16-frozen": ("bf16 + frozen trunk bf16", Setting(bf16=True, frozen_bf16=True)),
     "bf16-frozen-compile": ("bf16 + frozen bf16 + compile", Setting(bf16=True, frozen_bf16=True, compile=True)),
 }
+#: The full run's rows: compile once, on top of the best eager setting (each compile costs minutes).
+DEFAULT_SETTINGS = [key for key in SETTINGS if key != "bf16-compile"]
+#: Seconds one row / section is expected to take on an H100/H200-class GPU at the full shapes
+#: (warm-up included; a compile row pays inductor's compilation). A lens-step row starts only if
+#: its estimate plus the later sections' estimates fit in what is left of --budget-s (so the step
+#: cannot crowd the other sections out); a section starts unless the budget is spent. --tiny
+#: ignores the estimates.
+ROW_ESTIMATE_S = {"eager": 15.0, "compile": 120.0}
+SECTION_ESTIMATE_S = {"lens_step": 330.0, "pointcloud": 20.0, "fbank": 20.0, "video": 90.0}
 
 
 def missing_options(setting: Setting) -> list[str]:
@@ -166,28 +176,32 @@ def missing_options(setting: Setting) -> list[str]:
     return [f"trainer.{name}" for name in wanted if name not in have]
 
 
-def build_lens_step(spec: LensTrunk, sizes: Sizes, device: torch.device) -> tuple[Any, Any, dict[str, Any]]:
-    """(backbone, point-cloud lens model in training mode, its resolved config), as a recipe builds them."""
+def build_lens_step(spec: LensTrunk, sizes: Sizes, device: torch.device, backbone: Any = None) -> tuple[Any, Any, dict]:
+    """(backbone, point-cloud lens model in training mode, its resolved config), as a recipe builds
+    them; ``backbone`` (frozen, random weights) is loaded unless given. On the meta device nothing
+    is allocated: what the FLOP count needs."""
     from omniclip.backbone import load_backbone
     from omniclip.model import build_lens_model
 
     torch.manual_seed(0)
-    backbone = load_backbone(spec.name, device=device)
-    trunk = backbone.trunk(**spec.trunk)
-    model, config = build_lens_model("pointcloud", trunk, sizes.tokenizer, spec.lens, spec.name)
+    backbone = backbone if backbone is not None else load_backbone(spec.name, device=device)
+    with torch.device(device):
+        model, config = build_lens_model("pointcloud", backbone.trunk(**spec.trunk), sizes.tokenizer, spec.lens,
+                                         spec.name)
     return backbone, model.to(device).train(), config
 
 
-def time_lens_step(spec: LensTrunk, setting: Setting, sizes: Sizes, device: torch.device,
-                   compile_backend: str) -> dict[str, float]:
-    """samples/s, ms per step and peak memory (MiB) of ``sizes.steps`` timed training steps."""
+def time_lens_step(spec: LensTrunk, setting: Setting, sizes: Sizes, device: torch.device, compile_backend: str,
+                   backbone: Any) -> dict[str, float]:
+    """samples/s, ms per step and peak memory (MiB) of ``sizes.steps`` timed training steps of a
+    lens model built afresh on ``backbone``."""
     from bench_lens_step import _peak_rss_mb, _reset_peak_rss
 
     from omniclip.anchors import AnchorStore
     from omniclip.losses import LogitScale
     from omniclip.objective import ContrastiveObjective
 
-    backbone, model, _ = build_lens_step(spec, sizes, device)
+    _, model, _ = build_lens_step(spec, sizes, device, backbone)
     model.set_grad_checkpointing(setting.ckpt)
     objective = ContrastiveObjective(AnchorStore(backbone, enabled=setting.cache), LogitScale(backbone.logit_scale))
     if setting.frozen_bf16 or setting.compile:
@@ -239,20 +253,21 @@ def _free(device: torch.device) -> None:
 
 
 def lens_step_section(sizes: Sizes, device: torch.device, peak: float | None, compile_backend: str,
-                      out_of_time: Callable[[], bool], settings: list[str] | None = None) -> dict[str, Any]:
+                      out_of_time: Callable[[float], bool], settings: list[str] | None = None) -> dict[str, Any]:
     """Every trunk's FLOPs per sample, its config and one row per setting in ``settings`` (keys
-    of `SETTINGS`, all by default; the fp32 baseline always runs). Rows are keyed by label."""
+    of `SETTINGS`, `DEFAULT_SETTINGS` by default; the fp32 baseline always runs), keyed by label.
+    ``out_of_time(seconds)``: whether a row expected to take that long no longer fits."""
+    from omniclip.backbone import load_backbone
     from omniclip.flops import lens_step_flops
 
-    keys = ["fp32"] + [k for k in (settings or list(SETTINGS)) if k != "fp32"]
-
+    keys = ["fp32"] + [k for k in SETTINGS if k in (settings or DEFAULT_SETTINGS) and k != "fp32"]
     trunks: dict[str, Any] = {}
     for spec in sizes.trunks:
-        _, model, config = build_lens_step(spec, sizes, device)
-        flops = lens_step_flops(model)
-        del model
-        _free(device)
+        _, shapes, config = build_lens_step(spec, sizes, torch.device("meta"))
+        flops = lens_step_flops(shapes)
         per_sample = flops.total()
+        torch.manual_seed(0)
+        backbone = load_backbone(spec.name, device=device)  # frozen: shared by this trunk's rows
         rows: dict[str, dict[str, Any]] = {}
         for key in keys:
             name, setting = SETTINGS[key]
@@ -260,11 +275,11 @@ def lens_step_section(sizes: Sizes, device: torch.device, peak: float | None, co
             if missing:
                 rows[name] = {"available": False, "reason": f"{', '.join(missing)} not in this checkout"}
                 continue
-            if out_of_time():
-                rows[name] = {"available": False, "reason": "time budget (--budget-s) spent"}
+            if out_of_time(ROW_ESTIMATE_S["compile" if setting.compile else "eager"]):
+                rows[name] = {"available": False, "reason": "would not fit in the time budget (--budget-s)"}
                 continue
             try:
-                row = time_lens_step(spec, setting, sizes, device, compile_backend)
+                row = time_lens_step(spec, setting, sizes, device, compile_backend, backbone)
             except torch.cuda.OutOfMemoryError:
                 rows[name] = {"error": f"out of memory at batch {sizes.batch}"}
             except Exception as exc:  # one setting failing must not hide the others
@@ -276,6 +291,8 @@ def lens_step_section(sizes: Sizes, device: torch.device, peak: float | None, co
                 if setting.compile:
                     torch._dynamo.reset()
                 _free(device)
+        del backbone
+        _free(device)
         base = rows.get("fp32 (baseline)", {})
         for row in rows.values():
             if "samples_per_s" in row and "samples_per_s" in base:
@@ -407,10 +424,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (CPU, seconds): the test's run")
     parser.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    parser.add_argument("--trunks", nargs="+", choices=[t.name for t in FULL.trunks],
+                        help="lens-step trunks of the full run (default all)")
     parser.add_argument("--batch-size", type=int, help=f"lens-step batch (default {FULL.batch}; tiny {TINY.batch})")
     parser.add_argument("--steps", type=int, help=f"timed lens steps per setting (default {FULL.steps})")
-    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS),
-                        help="lens-step rows to run (default all; fp32, the baseline, always runs)")
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=DEFAULT_SETTINGS,
+                        help="lens-step rows to run (default: all but bf16-compile; fp32, the baseline, always runs)")
     parser.add_argument("--peak-tflops", type=float,
                         help="dense bf16 peak of the device in TFLOP/s (default: PEAK_BF16_TFLOPS by device name)")
     parser.add_argument("--compile-backend", default=None,
@@ -423,7 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but CUDA is not available (use --device cpu, with --tiny)")
     sizes = TINY if args.tiny else FULL
-    sizes = replace(sizes, batch=args.batch_size or sizes.batch, steps=args.steps or sizes.steps)
+    if args.trunks and args.tiny:
+        raise SystemExit("--trunks picks full-size trunks; --tiny runs the tiny one only")
+    trunks = tuple(t for t in sizes.trunks if t.name in args.trunks) if args.trunks else sizes.trunks
+    sizes = replace(sizes, trunks=trunks, batch=args.batch_size or sizes.batch, steps=args.steps or sizes.steps)
     compile_backend = args.compile_backend or ("eager" if args.tiny else "inductor")
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -438,11 +460,20 @@ def main(argv: list[str] | None = None) -> int:
           f"({peak_source}); torch {torch.__version__}; {'tiny' if args.tiny else 'full'} shapes\n", flush=True)
 
     started = time.perf_counter()
-    out_of_time = lambda: time.perf_counter() - started > args.budget_s  # noqa: E731
+    estimates = dict.fromkeys(SECTIONS, 0.0) if args.tiny else SECTION_ESTIMATE_S
+    if not args.tiny:
+        print("estimated seconds (H100/H200-class): " + ", ".join(f"{s} {estimates[s]:.0f}" for s in args.sections)
+              + f"; budget {args.budget_s:g}\n", flush=True)
     results: dict[str, Any] = {}
-    for name in args.sections:
+    for index, name in enumerate(args.sections):
         run, show = SECTIONS[name]
-        if out_of_time():
+        later = sum(estimates[s] for s in args.sections[index + 1:])
+
+        def out_of_time(need: float, later: float = later) -> bool:
+            """Whether ``need`` more seconds, plus the later sections' estimates, overrun the budget."""
+            return time.perf_counter() - started + (0.0 if args.tiny else need + later) > args.budget_s
+
+        if time.perf_counter() - started >= args.budget_s:
             results[name] = {"skipped": f"time budget of {args.budget_s:g} s spent"}
             print(f"{name}: skipped, {results[name]['skipped']}\n")
             continue
