@@ -39,6 +39,7 @@ not epochs, so ranks stay in step).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import math
 import os
@@ -81,6 +82,18 @@ class ShardCodec(Protocol):
     def encode(self, record: Any) -> dict[str, bytes]: ...
 
     def decode(self, members: Mapping[str, bytes], where: str) -> dict[str, Any]: ...
+
+
+@contextlib.contextmanager
+def member_errors(where: str) -> Iterator[None]:
+    """Inside a codec's ``decode``: a missing member (``KeyError``) or bytes that do not parse
+    become a `SampleError` naming ``where``, so the skip policy counts the sample."""
+    try:
+        yield
+    except KeyError as err:
+        raise SampleError(where, f"no `{err.args[0]}` member in the shard sample") from None
+    except (ValueError, OSError, EOFError, UnicodeDecodeError) as err:
+        raise SampleError(where, f"unreadable shard member ({type(err).__name__}: {err})") from None
 
 
 # ------------------------------------------------------------------------------------ index
@@ -675,5 +688,5 @@ def _as_is(batch: Any) -> Any:
 
 
 __all__ = ["INDEX_NAME", "ShardCodec", "ShardDataset", "ShardError", "ShardIndex", "ShardLoader", "EpochPlan",
-           "build_shard_dataset", "expand_urls", "read_shard", "resolve_shards", "shuffled", "source_record",
+           "build_shard_dataset", "expand_urls", "member_errors", "read_shard", "resolve_shards", "shuffled", "source_record",
            "write_shards"]

@@ -334,13 +334,13 @@ def test_index_that_does_not_match_a_shard_is_an_error_naming_it(tmp_path):
         resolve_shards(str(tmp_path / "shards" / "shard-00000{0,7}.tar"))
 
 
-def _corrupt_member(shard: Path, key: str) -> None:
-    """Rewrite ``shard`` with the json member of sample ``key`` replaced by garbage."""
+def _corrupt_member(shard: Path, key: str, suffix: str = "json") -> None:
+    """Rewrite ``shard`` with member ``<key>.<suffix>`` replaced by garbage."""
     with tarfile.open(shard) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
     with tarfile.open(shard, "w") as tar:
         for member, data in members:
-            if member.name == f"{key}.json":
+            if member.name == f"{key}.{suffix}":
                 data = b"\x00not json"
                 member.size = len(data)
             tar.addfile(member, io.BytesIO(data))
@@ -357,6 +357,20 @@ def test_a_corrupt_member_follows_the_skip_policy(tmp_path):
     assert where.endswith("shard-000001.tar:000000005") and problem.startswith("unreadable json member")
     with pytest.raises(SampleError, match=r"shard-000001\.tar:000000005.*unreadable json member"):
         list(ShardLoader(source, ToyModality().collate, batch_size=4, policy="stop"))
+
+
+def test_a_corrupt_point_cloud_member_is_a_counted_skip_naming_the_shard(tmp_path):
+    root = make_modelnet40(tmp_path / "mn40", per_split=4, points=40)
+    modality = get_modality("pointcloud")
+    cfg = {"name": "modelnet40", "root": str(root), "num_points": 24, "min_points": 8}
+    write_shards(modality.build_dataset(cfg, "train"), modality.shard_codec(cfg, "train"), tmp_path / "shards",
+                 dataset_cfg=cfg, samples_per_shard=4, progress=False)
+    _corrupt_member(tmp_path / "shards" / "shard-000000.tar", "000000002", "npy")
+    source = build_shard_dataset(modality, {"shards": str(tmp_path / "shards")}, "train")
+    batches = list(ShardLoader(source, modality.collate, batch_size=4, policy="skip"))
+    assert sorted(k for b in batches for _, k in b["sample_keys"]) == [0, 1, 3]
+    ((where, problem),) = [s for b in batches for s in b["skipped"]]
+    assert where.endswith("shard-000000.tar:000000002") and problem.startswith("unreadable shard member")
 
 
 def test_writer_counts_bad_samples_and_writes_atomically(tmp_path):

@@ -64,6 +64,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from omniclip.data import read_csv_rows, require_dir, require_file, require_split
 from omniclip.errors import ConfigError, SampleError
 from omniclip.paths import ALLOW_KEY, resolve_in_root
+from omniclip.shards import member_errors
 
 log = logging.getLogger(__name__)
 
@@ -702,13 +703,9 @@ class AudioShardCodec:
         return {suffix: data, "json": json.dumps(meta).encode(), "txt": text.encode()}
 
     def decode(self, members: Mapping[str, bytes], where: str) -> dict[str, Any]:
-        try:
+        with member_errors(where):
             meta = json.loads(members["json"])
             data = bytes(members[meta["audio"]])
-        except KeyError as err:
-            raise SampleError(where, f"no `{err.args[0]}` member in the shard sample") from None
-        except (ValueError, UnicodeDecodeError) as err:
-            raise SampleError(where, f"unreadable shard member ({type(err).__name__}: {err})") from None
         path = Path(meta["path"]).with_suffix(f".{meta['audio']}")
         item = Item(path, list(meta["labels"]), list(meta["captions"]), label_text=meta["label_text"], data=data)
         try:

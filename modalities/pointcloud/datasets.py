@@ -55,6 +55,7 @@ from torch.utils.data import Dataset
 from omniclip.data import require_dir, require_file, require_split
 from omniclip.errors import ConfigError, SampleError
 from omniclip.paths import ALLOW_KEY, resolve_in_root
+from omniclip.shards import member_errors
 
 ImageTransform = Callable[[Any], torch.Tensor]
 SPLITS = ("train", "val", "test")
@@ -632,13 +633,9 @@ class CloudShardCodec:
         return members
 
     def record(self, members: Mapping[str, bytes], where: str) -> CloudRecord:
-        try:
+        with member_errors(where):
             meta = json.loads(members["json"])
             cloud = np.load(io.BytesIO(members["npy"]), allow_pickle=False)
-        except KeyError as err:
-            raise SampleError(where, f"no `{err.args[0]}` member in the shard sample") from None
-        except (ValueError, OSError, EOFError, UnicodeDecodeError) as err:
-            raise SampleError(where, f"unreadable shard member ({type(err).__name__}: {err})") from None
         missing = [name for name in meta["images"].values() if name is not None and name not in members]
         if missing:
             raise SampleError(where, f"no `{missing[0]}` member in the shard sample (listed in its json)")

@@ -60,6 +60,7 @@ from torch.utils.data import Dataset
 from omniclip.data import read_csv_rows, require_dir, require_file, require_split
 from omniclip.errors import ConfigError, SampleError
 from omniclip.paths import ALLOW_KEY, resolve_in_root
+from omniclip.shards import member_errors
 from omniclip.protocols import ClassSubset, few_shot_subset
 from omniclip.modalities.video.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, DecodeOptions, VideoSource, probe, read_frames
 from omniclip.modalities.video.sampling import ClipTooShort, SamplingOptions, sample_indices
@@ -546,13 +547,9 @@ class VideoShardCodec:
         return members  # type: ignore[return-value]
 
     def decode(self, members: Mapping[str, bytes], where: str) -> dict[str, Any]:
-        try:
+        with member_errors(where):
             meta = json.loads(members["json"])
             data = members[meta["video"]]
-        except KeyError as err:
-            raise SampleError(where, f"no `{err.args[0]}` member in the shard sample") from None
-        except (ValueError, UnicodeDecodeError) as err:
-            raise SampleError(where, f"unreadable shard member ({type(err).__name__}: {err})") from None
         record = VideoRecord(meta["path"], bytes(data), int(meta["label"]), meta.get("class_name"),
                              int(meta["index"]), self.text_template or meta["text_template"])
         return make_video_sample(record, self.pipeline, self.train, name=where)
