@@ -267,6 +267,7 @@ class ShardFolder:
         self._index = _Entries.empty()
         self._index_map = np.zeros(0, np.int64)  # index shard number -> position in _shards
         self._delta = _Entries.empty()  # rows of shards the index does not list
+        self._n_indexed = 0
 
     # ------------------------------------------------------------------ reading
     def refresh(self) -> None:
@@ -284,6 +285,7 @@ class ShardFolder:
         position = {s.name: i for i, s in enumerate(self._shards)}
         indexed = self._open_index(position)
         rest = [i for i in range(len(self._shards)) if i not in indexed]
+        self._n_indexed = len(indexed)
         if rest and indexed:
             log.info("%s: %d shard(s) not in %s yet; their keys were read (`omniclip-anchors` rewrites the index)",
                      self.folder, len(rest), INDEX)
@@ -372,6 +374,12 @@ class ShardFolder:
             return len(self._index.hash)
         in_index = self._index.find(self._delta.digest, self._delta.hash) >= 0
         return len(self._index.hash) + int((~in_index).sum())
+
+    @property
+    def unindexed(self) -> int:
+        """Shards no index lists yet (their keys are held in memory by every reader)."""
+        self._ensure_open()
+        return len(self._shards) - self._n_indexed
 
     @property
     def shards(self) -> list[Shard]:

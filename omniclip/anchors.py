@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 TOWERS = ("text", "image")
 DEFAULT_SHARD_SIZE = 65536
+MERGE_AFTER = 32  # unindexed shards that make `flush` rewrite the index
 
 
 def content_key(value: str) -> str:
@@ -108,10 +109,12 @@ class AnchorStore:
         """A cached ``encode_text`` for zero-shot classifier building."""
         return self.text
 
-    def flush(self, full_only: bool = False) -> Path | None:
+    def flush(self, full_only: bool = False, merge: bool = True) -> Path | None:
         """Write features computed since the last flush as new shards of at most ``shard_size``
         rows; returns the last shard written. ``full_only`` writes only full shards and keeps the
-        rest pending (a long precompute persists its progress without writing tiny shards)."""
+        rest pending (a long precompute persists its progress without writing tiny shards).
+        With ``merge``, a folder holding `MERGE_AFTER` shards that no index lists (training and
+        evaluation runs each add one) gets its index rewritten, so readers stop re-reading their keys."""
         written = None
         for tower in TOWERS:
             pending = self._pending[tower]
@@ -124,6 +127,8 @@ class AnchorStore:
                 chunk = keys[start : min(start + self.shard_size, stop)]
                 features = torch.stack([pending.pop(k) for k in chunk]).to(self.dtype)
                 written = self.shards(tower).write(digests(chunk), features, _writer_name())
+            if merge and not full_only and self.shards(tower).unindexed >= MERGE_AFTER:
+                self.shards(tower).merge_index()
         return written
 
     def merge_index(self) -> None:
@@ -255,7 +260,7 @@ def _precompute(cfg: Any, env: Any) -> dict[str, int]:
             store.text(texts[start : start + store.batch_size])
             store.flush(full_only=True)
         _embed_images(store, loader, sampler.epoch, owned["image"], {k: seen["image"][k] for k in owned["image"]})
-    store.flush()
+    store.flush(merge=False)  # rank 0 indexes every rank's shards below
     barrier()
     if env.is_main:
         store.merge_index()  # every rank's shards, each key once
@@ -265,7 +270,7 @@ def _precompute(cfg: Any, env: Any) -> dict[str, int]:
             eval_set = build_dataset(modality, task["dataset"], task["dataset"].get("split", "test"),
                                      f"eval.tasks.{name}.dataset")
             task_classifier(modality, eval_set, task, store, f"eval.tasks.{name}")
-            store.flush()
+            store.flush(merge=False)
         store.merge_index()
     per_rank = all_gather_object((store.misses, store.hits))
     counts = {tower: sum(m[tower] for m, _ in per_rank) for tower in TOWERS}

@@ -239,3 +239,19 @@ def _rows(path: Path) -> int:
 def _metadata(path: Path) -> dict[str, str]:
     with safe_open(str(path), framework="np") as handle:
         return handle.metadata()
+
+
+def test_flush_indexes_the_folder_once_enough_shards_are_unindexed(tmp_path, tiny_backbone, monkeypatch):
+    from omniclip import anchors
+
+    monkeypatch.setattr(anchors, "MERGE_AFTER", 3)
+    store = AnchorStore(tiny_backbone, tmp_path)
+    for i in range(2):
+        store.text([TEXTS[i]])
+        store.flush()
+    assert not (_folder(store) / INDEX).exists()  # two unindexed shards: below the threshold
+    store.text([TEXTS[2]])
+    store.flush()
+    listed = json.loads(_metadata(_folder(store) / INDEX)["shards"])
+    assert sorted(n for n, _, _ in listed) == sorted(p.name for p in _folder(store).glob("shard-*.safetensors"))
+    assert len(listed) == 3 and store.shards("text").unindexed == 0
