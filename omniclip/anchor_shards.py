@@ -399,7 +399,7 @@ class ShardFolder:
             shard = Shard.open(self.folder / name)
             self._shards.append(shard)
             i = len(self._shards) - 1
-            both = [self._delta.digest, shard.keys()]
+            both = [self._delta.digest, np.asarray(digest, np.uint8)]
             self._delta = _Entries.build(np.concatenate(both),
                                          np.concatenate([self._delta.shard, np.full(shard.rows, i, np.int32)]),
                                          np.concatenate([self._delta.row, np.arange(shard.rows, dtype=np.int32)]))

@@ -62,7 +62,8 @@ class AnchorStore:
         if shard_size < 1:
             raise ValueError(f"anchors.shard_size must be >= 1, got {shard_size}")
         self.shard_size = shard_size
-        #: Features computed by this process (served from memory afterwards), and those not yet flushed.
+        #: Features this process computed and has not flushed (a store without root: all of them),
+        #: served from memory; once flushed they are read back from the shards like any other.
         self._computed: dict[str, dict[str, torch.Tensor]] = {t: {} for t in TOWERS}
         self._pending: dict[str, dict[str, torch.Tensor]] = {t: {} for t in TOWERS}
         #: Number of times each tower actually ran (tests and logs read it).
@@ -126,6 +127,8 @@ class AnchorStore:
             for start in range(0, stop, self.shard_size):
                 chunk = keys[start : min(start + self.shard_size, stop)]
                 features = torch.stack([pending.pop(k) for k in chunk]).to(self.dtype)
+                for key in chunk:  # memory stays bounded by what is unflushed: a long precompute
+                    del self._computed[tower][key]
                 written = self.shards(tower).write(digests(chunk), features, _writer_name())
             if merge and not full_only and self.shards(tower).unindexed >= MERGE_AFTER:
                 self.shards(tower).merge_index()
@@ -348,9 +351,11 @@ def _embed_images(store: AnchorStore, loader: Any, epoch: int, owned: list[str],
     wanted = set(owned)
     for batch in again:
         _embed_batch(store, batch, wanted)
-    missing = [k for k in owned if k not in store._computed["image"]]
+    store.flush(full_only=True)
+    values = [seen[k][1] for k in owned]
+    missing = [v for v, known in zip(values, store.cached("image", values)) if not known]
     if missing:
-        raise RuntimeError(f"{len(missing)} image anchors (first: {seen[missing[0]][1]!r}) were not produced when "
+        raise RuntimeError(f"{len(missing)} image anchors (first: {missing[0]!r}) were not produced when "
                            "their items were reloaded: the dataset gave another image for the same item. Run "
                            "omniclip-anchors in one process, or make the dataset's image choice depend only on "
                            "the item (it is seeded by item index)")

@@ -61,16 +61,17 @@ def test_a_cache_in_many_shards_returns_exactly_the_tower_features(tmp_path, tin
     assert fresh.hits["text"] == 6 and len(fresh) == 10
 
 
-def test_float16_cache_lives_in_its_own_folder_and_rounds_once(tmp_path, tiny_backbone):
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_half_precision_cache_lives_in_its_own_folder_and_rounds_once(tmp_path, tiny_backbone, dtype):
     reference = tiny_backbone.encode_text(TEXTS[:4])
-    half = AnchorStore(tiny_backbone, tmp_path, dtype="float16")
+    half = AnchorStore(tiny_backbone, tmp_path, dtype=dtype)
     half.text(TEXTS[:4])
     half.flush()
-    assert _folder(half).name.endswith("-float16")
+    assert _folder(half).name.endswith(f"-{dtype}")
     with safe_open(str(next(_folder(half).glob("shard-*.safetensors"))), framework="pt") as handle:
-        assert handle.get_tensor("features").dtype == torch.float16
-    again = AnchorStore(_NoTowers(tiny_backbone), tmp_path, dtype=torch.float16)
-    assert torch.equal(again.text(TEXTS[:4]), reference.half().float())
+        assert handle.get_tensor("features").dtype == getattr(torch, dtype)
+    again = AnchorStore(_NoTowers(tiny_backbone), tmp_path, dtype=getattr(torch, dtype))
+    assert torch.equal(again.text(TEXTS[:4]), reference.to(getattr(torch, dtype)).float())
     full = AnchorStore(tiny_backbone, tmp_path)  # float32 readers never get the rounded copy
     full.text(TEXTS[:4])
     assert full.misses["text"] == 4
@@ -229,6 +230,10 @@ def test_writes_are_visible_to_the_writer_and_rows_keep_their_keys(tmp_path, tin
     assert sorted(on_disk) == sorted(content_key(t) for t in TEXTS)
     for text, feature in zip(TEXTS, first):
         assert torch.equal(on_disk[content_key(text)], feature)
+    # Flushed features leave memory (a long precompute stays bounded) and are read back from disk.
+    store.backbone = _NoTowers(tiny_backbone)
+    assert torch.equal(store.text(TEXTS), first)
+    assert sum(store.shards("text").rows_read.values()) == 10
 
 
 def _rows(path: Path) -> int:
