@@ -15,7 +15,8 @@ second time is compared with the one saved in the checkpoint, key by key:
   ``compile_backend``, ``compile_mode`` (the same computation, rounded differently by fused kernels).
 - **bookkeeping keys** (`FREE_KEYS`, and any location: a key ending in ``root`` or
   ``cache_dir``) change nothing that is computed: workers, logging, checkpoint cadence,
-  evaluation, output locations.
+  evaluation, output locations, the parallel strategy (``trainer.parallel``: checkpoints hold
+  whole trainable tensors under ddp and fsdp2 alike).
 - **learning-rate groups** (``trainer.lr_groups``, ``[{match, lr_scale, weight_decay}]``): a
   group's ``lr_scale`` and ``weight_decay`` are schedule keys (``lr_groups[i].lr_scale``,
   ``lr_groups[i].weight_decay``), applied like ``lr`` and ``weight_decay``; its ``match``
