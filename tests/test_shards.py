@@ -232,7 +232,7 @@ def test_two_ranks_by_two_workers_see_disjoint_samples_that_cover_the_epoch(tmp_
 def test_epochs_reshuffle_and_the_order_is_a_pure_function_of_the_seed(tmp_path):
     source = toy_shards(tmp_path, 20, 4)
     def order(seed: int, epoch: int) -> list:
-        loader = ShardLoader(source, ToyModality().collate, batch_size=4, seed=seed, num_workers=2)
+        loader = ShardLoader(source, ToyModality().collate, batch_size=4, seed=seed, num_workers=0)
         loader.set_epoch(epoch)
         return epoch_keys(loader)
     assert order(0, 0) == order(0, 0)
@@ -251,7 +251,8 @@ def test_too_few_shards_for_the_workers_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")
-@pytest.mark.parametrize("num_workers,resample", [(0, False), (2, False), (3, False), (2, True)])
+@pytest.mark.parametrize("num_workers,resample", [(0, False), (2, False), pytest.param(3, False, marks=pytest.mark.slow),
+                                                  (2, True)])
 def test_resumed_loader_continues_exactly_where_the_first_stopped(tmp_path, num_workers, resample):
     """Shards of 5, 5, 5, 5, 5, 3 samples, batches of 2: the workers' batch counts differ, so
     the round-robin's tail (one worker already done) is crossed by the resumed part."""
@@ -503,6 +504,7 @@ def test_omniclip_shard_help_names_its_options(capsys):
     assert "--samples-per-shard" in text and "--max-size" in text and "experiment=NAME" in text
 
 
+@pytest.mark.slow
 def test_bench_shards_measures_loader_and_step_side_by_side():
     """tools/bench_shards.py at tiny sizes: every rate measured, the printed ratio is loader / step."""
     from tests.tools import load_tool
