@@ -261,6 +261,8 @@ class Trainer:
                                   "(a compiled model under DistributedDataParallel is untested here): set "
                                   "trainer.compile=false for multi-process runs")
             compile_model(self.model, cfg.compile_backend, cfg.compile_mode, self.device)
+            log.info("model forward compiled with torch.compile (backend %s, mode %s); the first step compiles",
+                     cfg.compile_backend, cfg.compile_mode or "default")
 
     def _data_source(self, dataset: Dataset | ShardDataset, collate_fn: Callable[[list[Any]], dict[str, Any]]
                      ) -> tuple[ResumableSampler | ShardLoader, DataLoader | ShardLoader]:
