@@ -142,10 +142,10 @@ def format_result(r: dict[str, Any], load_before: tuple[float, ...], load_after:
         f"shards: {r['samples']} point-cloud triplets ({r['num_points']} points, one 224-px PNG), batch "
         f"{r['batch_size']}, {r['workers']} loader worker(s), {r['backbone']} trunk; load average "
         f"{load_before[0]:.2f} before, {load_after[0]:.2f} after",
-        f"  write      {r['write']:10.1f} samples/s",
-        f"  loader     {r['loader']:10.1f} samples/s",
-        f"  step       {r['step']:10.1f} samples/s",
-        f"  pipeline   {r['pipeline']:10.1f} samples/s  (loader and step together)",
+        f"  write      {r['write']:10.2f} samples/s",
+        f"  loader     {r['loader']:10.2f} samples/s",
+        f"  step       {r['step']:10.3f} samples/s",
+        f"  pipeline   {r['pipeline']:10.3f} samples/s  (loader and step together)",
         f"  loader / step = {r['ratio']:.2f}: the sharded reader {keeps}",
     ])
 
