@@ -84,7 +84,7 @@ def fps_table(xyz: torch.Tensor, npoint: int, start: torch.Tensor, repeats: int,
     best = fps_times(xyz, npoint, start, repeats, per_sample)
     batch, num_points, _ = xyz.shape
     print(f"FPS {num_points} -> {npoint}, batch {batch}, {device} ({torch.get_num_threads()} threads), "
-          f"best of {repeats} interleaved rounds; auto backend: {fps_backend(device)}")
+          f"best of {repeats} interleaved rounds; auto backend: {fps_backend(device, batch=batch)}")
     print(f"{'implementation':<30}{'ms':>10}{'x reference':>14}")
     t_ref = best["reference: batched [B, N, 3]"]
     for name, t in best.items():

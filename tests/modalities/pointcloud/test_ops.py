@@ -236,6 +236,26 @@ def test_fps_cpu_backend_is_fpsample_and_logged(caplog):
     assert fps_backend("cpu", torch.float64) == "torch"  # fpsample computes in float32 only
 
 
+@needs_fpsample
+def test_fps_auto_takes_the_batched_torch_loop_for_large_batches_on_several_threads(monkeypatch):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert fps_backend("cpu", batch=ops.FPSAMPLE_MAX_BATCH) == "fpsample"
+        assert fps_backend("cpu", batch=ops.FPSAMPLE_MAX_BATCH + 1) == "torch"
+        torch.set_num_threads(1)  # fpsample's one core is then all the loop would have
+        assert fps_backend("cpu", batch=64) == "fpsample"
+        torch.set_num_threads(2)
+        used, loop = [], ops._fps_torch
+        monkeypatch.setattr(ops, "_fps_torch", lambda *args: used.append(args[0].shape) or loop(*args))
+        xyz = torch.rand(ops.FPSAMPLE_MAX_BATCH + 1, 64, 3, generator=torch.Generator().manual_seed(0))
+        got = farthest_point_sample(xyz, 8, start_idx=0)
+        assert used == [(3, ops.FPSAMPLE_MAX_BATCH + 1, 64)]  # the batch size reaches the choice
+        assert torch.equal(got, farthest_point_sample(xyz, 8, start_idx=0, backend="fpsample"))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_fps_falls_back_to_torch_when_fpsample_is_missing(monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "fpsample", None)  # makes "import fpsample" raise ImportError
     ops._fpsample_module.cache_clear()
