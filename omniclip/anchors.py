@@ -240,29 +240,38 @@ def _precompute(cfg: Any, env: Any) -> dict[str, int]:
     from omniclip.data import ResumableSampler, build_loader
     from omniclip.distributed import all_gather_object, barrier
     from omniclip.modality import get_modality
-    from omniclip.recipe import build_backbone, build_dataset
+    from omniclip.recipe import build_backbone, build_dataset, train_dataset
+    from omniclip.shards import ShardDataset, ShardLoader
     from omniclip.zeroshot import task_classifier
 
     backbone = build_backbone(cfg.backbone, env.device)
     modality = get_modality(cfg.modality.name)
     store = AnchorStore.from_config(backbone, cfg.anchors)
-    dataset = build_dataset(modality, OmegaConf.to_container(cfg.data.train, resolve=True), "train", "data.train",
-                            image_transform=backbone.preprocess)
-    sampler = ResumableSampler(len(dataset), shuffle=False, rank=env.rank, world_size=env.world_size,
-                               drop_last=False, batch_size=store.batch_size)
-    loader = build_loader(dataset, modality.collate, store.batch_size, sampler, int(cfg.trainer.num_workers),
-                          seed=0, policy=cfg.trainer.bad_samples, persistent_workers=False)
-    if env.world_size == 1:  # every key is this process's: embed while reading
-        for batch in loader:
+    dataset = train_dataset(cfg, modality, backbone.preprocess)
+    workers = int(cfg.trainer.num_workers)
+    if isinstance(dataset, ShardDataset):
+        # Each rank streams its own shards once (disjoint samples); a caption that samples on two
+        # ranks share is embedded by both and indexed once.
+        for batch in ShardLoader(dataset, modality.collate, store.batch_size, seed=0, rank=env.rank,
+                                 world_size=env.world_size, num_workers=workers, policy=cfg.trainer.bad_samples):
             _embed_batch(store, batch, None)
     else:
-        seen = _survey(store, loader)
-        owned = {tower: _owned(seen[tower], env.rank) for tower in TOWERS}
-        texts = [seen["text"][key][1] for key in owned["text"]]
-        for start in range(0, len(texts), store.batch_size):
-            store.text(texts[start : start + store.batch_size])
-            store.flush(full_only=True)
-        _embed_images(store, loader, sampler.epoch, owned["image"], {k: seen["image"][k] for k in owned["image"]})
+        sampler = ResumableSampler(len(dataset), shuffle=False, rank=env.rank, world_size=env.world_size,
+                                   drop_last=False, batch_size=store.batch_size)
+        loader = build_loader(dataset, modality.collate, store.batch_size, sampler, workers,
+                              seed=0, policy=cfg.trainer.bad_samples, persistent_workers=False)
+        if env.world_size == 1:  # every key is this process's: embed while reading
+            for batch in loader:
+                _embed_batch(store, batch, None)
+        else:
+            seen = _survey(store, loader)
+            owned = {tower: _owned(seen[tower], env.rank) for tower in TOWERS}
+            texts = [seen["text"][key][1] for key in owned["text"]]
+            for start in range(0, len(texts), store.batch_size):
+                store.text(texts[start : start + store.batch_size])
+                store.flush(full_only=True)
+            _embed_images(store, loader, sampler.epoch, owned["image"],
+                          {k: seen["image"][k] for k in owned["image"]})
     store.flush(merge=False)  # rank 0 indexes every rank's shards below
     barrier()
     if env.is_main:

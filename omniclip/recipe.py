@@ -95,10 +95,17 @@ def recipe_tokenizer(cfg: DictConfig) -> dict[str, Any]:
 
 
 def train_dataset(cfg: DictConfig, modality: Modality, image_transform: Any = None) -> Dataset:
-    """The ``data.train`` dataset of a training recipe, checked against its tokenizer."""
+    """The ``data.train`` dataset of a training recipe, checked against its tokenizer: a map-style
+    dataset, or a `ShardDataset` when it names ``shards`` (WebDataset shards written by
+    ``omniclip-shard``; see `omniclip.shards`)."""
     if "train" not in cfg.data:
         raise ConfigError("data.train", "the data group must define a `train` dataset")
-    return build_dataset(modality, OmegaConf.to_container(cfg.data.train, resolve=True), "train", "data.train",
+    options = OmegaConf.to_container(cfg.data.train, resolve=True)
+    if options.get("shards") is not None:
+        from omniclip.shards import build_shard_dataset
+
+        return build_shard_dataset(modality, options, "train", "data.train", image_transform, recipe_tokenizer(cfg))
+    return build_dataset(modality, options, "train", "data.train",
                          image_transform=image_transform, tokenizer_cfg=recipe_tokenizer(cfg))
 
 

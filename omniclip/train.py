@@ -38,17 +38,6 @@ from omniclip.zeroshot import make_evaluators
 log = logging.getLogger(__name__)
 
 
-def training_data(cfg: DictConfig, modality: Any, image_transform: Any) -> Any:
-    """``data.train`` as a map-style dataset, or as a `ShardDataset` when it names ``shards``
-    (WebDataset shards written by ``omniclip-shard``; see `omniclip.shards`)."""
-    if "train" in cfg.data and cfg.data.train.get("shards") is not None:
-        from omniclip.shards import build_shard_dataset
-
-        return build_shard_dataset(modality, OmegaConf.to_container(cfg.data.train, resolve=True), "train",
-                                   "data.train", image_transform, recipe_tokenizer(cfg))
-    return train_dataset(cfg, modality, image_transform)
-
-
 def build_trainer(cfg: DictConfig, env: DistEnv | None = None) -> tuple[Trainer, nn.Module, dict[str, Any]]:
     """Everything a run needs, validated before any training step.
 
@@ -63,7 +52,7 @@ def build_trainer(cfg: DictConfig, env: DistEnv | None = None) -> tuple[Trainer,
     trainer_cfg = trainer_config_from(OmegaConf.to_container(cfg.trainer, resolve=True))
     modality = recipe_modality(cfg)
     image_transform = DeferredTransform()  # the backbone's preprocessing, bound once it has loaded
-    dataset = training_data(cfg, modality, image_transform)
+    dataset = train_dataset(cfg, modality, image_transform)
     batch_transform = modality.build_batch_transform(cfg, dataset)  # a bad mixing key fails here, early
     eval_cfg = OmegaConf.to_container(cfg.eval, resolve=True)
     eval_sets = eval_datasets(modality, eval_cfg, recipe_tokenizer(cfg))

@@ -476,7 +476,7 @@ def test_omniclip_shard_then_omniclip_train_from_the_shards(tmp_path, capsys):
     from it (the debug recipe, 2 steps), the source options coming from the index."""
     from hydra import compose, initialize_config_module
 
-    from omniclip import shard, train
+    from omniclip import anchors, shard, train
 
     root = make_ulip_shapenet(tmp_path / "ulip", per_synset=4, points=48)
     out = tmp_path / "shards"
@@ -485,11 +485,16 @@ def test_omniclip_shard_then_omniclip_train_from_the_shards(tmp_path, capsys):
     assert "wrote 8 pointcloud samples in 3 shard(s)" in capsys.readouterr().out
     index = json.loads((out / INDEX_NAME).read_text())
     assert [s["count"] for s in index["shards"]] == [3, 3, 2] and index["dataset"]["num_points"] == 32
+    common = ["experiment=pointcloud/vitlens_l_shapenet", "debug=default", "modality.tokenizer.num_groups=8",
+              "modality.tokenizer.group_size=8", "trainer.max_steps=2", "eval=none", f"output_dir={tmp_path / 'run'}"]
     with initialize_config_module("omniclip.recipes", version_base="1.3"):
-        cfg = compose("train", ["experiment=pointcloud/vitlens_l_shapenet", "debug=default", "data=shards",
-                                f"data.train.shards={out}", f"output_dir={tmp_path / 'run'}",
-                                f"anchors.cache_dir={tmp_path / 'anchors'}", "modality.tokenizer.num_groups=8",
-                                "modality.tokenizer.group_size=8", "trainer.max_steps=2", "eval=none"])
+        cfg = compose("train", [*common, "data=shards", f"data.train.shards={out}",
+                                f"anchors.cache_dir={tmp_path / 'anchors'}"])
+        from_files = compose("train", [*common, f"data.train.root={root}", "data.train.num_points=32",
+                                       "data.train.min_points=8", f"anchors.cache_dir={tmp_path / 'anchors-files'}"])
+    # omniclip-anchors reads the shards as training will: the same captions and images as from the files
+    computed = anchors.precompute(cfg)
+    assert computed == anchors.precompute(from_files) and computed["text"] > 0 and computed["image"] > 0
     trainer, _, _ = train.build_trainer(cfg)
     assert isinstance(trainer.loader, ShardLoader) and trainer.loader.source.codec.opts.num_points == 32
     result = trainer.fit()
