@@ -51,7 +51,7 @@ class ClipBackbone:
     pretrained: str | None
     tokenizer: Callable[[list[str]], torch.Tensor]
     preprocess: Callable[[Any], torch.Tensor]
-    _fingerprints: dict[str, str] = field(default_factory=dict, repr=False)
+    _fingerprints: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -85,18 +85,25 @@ class ClipBackbone:
         """Hash of the architecture and every weight of ``tower`` ("text" or "image").
 
         Anchor caches are keyed by it, so cached features can never outlive the weights
-        that produced them, whatever the weights' origin (tag, file, random init).
+        that produced them, whatever the weights' origin (tag, file, random init). It is
+        computed once per tower and set of weight dtypes: frozen weights change only by being
+        cast (``trainer.frozen_dtype``), and a sharded tower (fsdp2) keeps the key it had.
         """
-        if tower not in self._fingerprints:
-            params = _tower_state(self.model, tower)
+        params = _tower_state(self.model, tower)
+        # The weights' dtypes are part of the key: a tower cast in place (trainer.frozen_dtype)
+        # computes other features, so its hash is recomputed and its anchors go elsewhere.
+        dtypes = ",".join(sorted({str(t.dtype) for t in params.values()}))
+        if (tower, dtypes) not in self._fingerprints:
             digest = hashlib.sha256(self.name.encode())
             for key in sorted(params):
-                tensor = params[key].detach().to("cpu", torch.float32).contiguous()
+                tensor = params[key].detach()
                 digest.update(key.encode())
                 digest.update(str(tuple(tensor.shape)).encode())
-                digest.update(tensor.numpy().tobytes())
-            self._fingerprints[tower] = digest.hexdigest()[:16]
-        return self._fingerprints[tower]
+                if tensor.dtype != torch.float32:  # float32 towers keep the keys of caches written before
+                    digest.update(str(tensor.dtype).encode())
+                digest.update(tensor.to("cpu", torch.float32).contiguous().numpy().tobytes())
+            self._fingerprints[(tower, dtypes)] = digest.hexdigest()[:16]
+        return self._fingerprints[(tower, dtypes)]
 
 
 def _tower_state(model: nn.Module, tower: str) -> dict[str, torch.Tensor]:

@@ -44,6 +44,19 @@ def test_cache_is_keyed_by_weights(tmp_path, tiny_backbone):
     assert len(list(tmp_path.glob("text/*"))) == 2
 
 
+def test_a_tower_cast_in_place_after_its_key_was_read_gets_another_key():
+    """trainer.frozen_dtype casts the frozen image tower after the anchor store may have read its
+    key; bf16 features must not land in the float32 tower's cache."""
+    backbone = load_backbone("omniclip-tiny")
+    before, text = backbone.fingerprint("image"), backbone.fingerprint("text")
+    assert before == load_backbone("omniclip-tiny").fingerprint("image")  # same weights, same key
+    for param in backbone.model.visual.parameters():
+        param.data = param.data.to(torch.bfloat16)
+    after = backbone.fingerprint("image")
+    assert after != before and backbone.fingerprint("text") == text
+    assert after == backbone.fingerprint("image")  # then cached: one hash per tower and dtype
+
+
 class _ExplodingBackbone:
     def __init__(self, backbone):
         self._backbone = backbone
