@@ -443,6 +443,10 @@ class Trainer:
         """
         self.resume()
         end = min(self.cfg.max_steps, stop_at or self.cfg.max_steps)
+        if self.step >= self.cfg.max_steps and self.env.is_main:
+            log.warning("nothing to train: %s is at step %d of trainer.max_steps=%d (raise trainer.max_steps to "
+                        "train on, or choose another output_dir for a new run)", self.output_dir, self.step,
+                        self.cfg.max_steps)
         result = TrainResult(step=self.step)
         batches = self._batches()
         bar = self._progress(end)

@@ -1,4 +1,5 @@
 import json
+import logging
 import math
 import os
 import re
@@ -154,6 +155,17 @@ def test_resume_extends_schedule_with_new_max_steps(tmp_path, tiny_backbone):
     assert min(lrs[s] for s in range(7, 13)) > 0
     for group in extended.optimizer.param_groups:
         assert group["initial_lr"] == 2e-3
+
+
+def test_rerunning_a_finished_run_says_there_is_nothing_to_train(tmp_path, tiny_backbone, caplog):
+    make_trainer(tiny_backbone, tmp_path, max_steps=3).fit()
+    again = make_trainer(tiny_backbone, tmp_path, max_steps=3)
+    with caplog.at_level(logging.WARNING, logger="omniclip.trainer"):
+        result = again.fit()
+    assert result.step == 3 and result.losses == []
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"nothing to train: {tmp_path} is at step 3 of trainer.max_steps=3 (raise trainer.max_steps to train on, "
+        "or choose another output_dir for a new run)"]
 
 
 @pytest.mark.parametrize("change, keys", [
