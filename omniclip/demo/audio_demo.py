@@ -35,9 +35,11 @@ from omniclip.demo.clip_pretrain import ClipPretrainConfig, pretrain_clip
 from omniclip.demo import experiment
 from omniclip.demo.dataset import Draw, PairedSet, make_paired_set
 from omniclip.demo.experiment import (
+    SMOKE_TEST,
     LensTrainConfig,
     embed,
     markdown_table,
+    output_folder,
     plot_confusion,
     results_record,
 )
@@ -195,18 +197,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--held-out", type=lambda text: _held_out(text, classes), action="append",
                         help="comma-separated held-out class names (repeat for several splits); "
                              f"default: {', '.join(classes[c] for c in SPLITS[0])}")
-    parser.add_argument("--out", default="omniclip-audio-demo-out", help="output folder (the tiny CLIP is cached here)")
+    parser.add_argument("--out", default=None, help="output folder (the tiny CLIP is cached here; default "
+                        "omniclip-audio-demo-out, or omniclip-audio-demo-quick with --quick)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1 is fastest for these small tensors on a busy machine)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = preset("quick" if args.quick else "study" if args.study else "default", args.seed, args.held_out)
-    results = run(cfg, args.out)
+    out = output_folder(args.out, "omniclip-audio-demo", args.quick)
+    if args.quick:
+        print(SMOKE_TEST)
+    results = run(cfg, out)
     print()
     print(markdown_table(results, "spectrograms"))
-    print(f"\nwrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'confusion.png'} "
-          f"in {results['seconds']['total']:.0f} s")
+    print(f"\nwrote {out / 'results.json'} and {out / 'confusion.png'} in {results['seconds']['total']:.0f} s"
+          + (f"  ({SMOKE_TEST})" if args.quick else ""))
     return 0
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -269,10 +268,8 @@ def preset(name: str, seed: int = 0, held_out: Sequence[int] | None = None) -> D
 
 def versions() -> dict[str, str]:
     import tokenizers
-    import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "tokenizers": tokenizers.__version__}
+    return {**experiment.versions(), "tokenizers": tokenizers.__version__}
 
 
 def pick_examples(classes: Sequence[str], test: PairedSet, held_out: Sequence[int], texts: Mapping[str, list[str]],
@@ -413,10 +410,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="torch CPU threads (1 is fastest for these small tensors on a busy machine)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    out = Path(args.out or ("omniclip-describe-demo-quick" if args.quick else "omniclip-describe-demo-out"))
+    out = experiment.output_folder(args.out, "omniclip-describe-demo", args.quick)
     cfg = preset("quick" if args.quick else "default", args.seed, args.held_out)
     if args.quick:
-        print("SMOKE TEST (--quick): tiny sizes, a few steps; the numbers mean nothing")
+        print(experiment.SMOKE_TEST)
     results = run(cfg, out)
     print()
     print(markdown_table(results))

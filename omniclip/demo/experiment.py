@@ -193,6 +193,25 @@ def summarise(splits: list[dict[str, Any]], variants: Sequence[str]) -> dict[str
     }
 
 
+def output_folder(out: str | None, name: str, quick: bool) -> Path:
+    """``--out``, else ``<name>-out``, or ``<name>-quick`` for a smoke test: a ``--quick`` run never
+    overwrites a full run's results or cached models."""
+    return Path(out or f"{name}-{'quick' if quick else 'out'}")
+
+
+#: Printed first and last by every demo's ``--quick``.
+SMOKE_TEST = "SMOKE TEST (--quick): tiny sizes, a few steps; the numbers mean nothing"
+
+
+def versions() -> dict[str, str]:
+    """The versions a demo's numbers were measured with (saved in ``results.json``)."""
+    import platform
+
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+
+
 def results_record(classes: Sequence[str], splits: list[dict[str, Any]], variants: Sequence[str],
                    clip_info: dict[str, Any], seconds: dict[str, float], config: dict[str, Any]) -> dict[str, Any]:
     """What a demo writes to ``results.json``: chance, the CLIP's record, every split and their mean."""
@@ -207,6 +226,7 @@ def results_record(classes: Sequence[str], splits: list[dict[str, Any]], variant
         "summary": summarise(splits, variants),
         "seconds": seconds,
         "config": config,
+        "versions": versions(),
     }
 
 

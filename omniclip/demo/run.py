@@ -165,22 +165,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="smoke test of the pipeline (< 1 min; not evidence)")
     mode.add_argument("--study", action="store_true", help=f"{len(SPLITS)} held-out splits, markdown table")
-    parser.add_argument("--out", default="omniclip-demo-out", help="output folder (the tiny CLIP is cached here)")
+    parser.add_argument("--out", default=None, help="output folder (the tiny CLIP is cached here; default "
+                        "omniclip-demo-out, or omniclip-demo-quick with --quick)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", choices=["cpu"], help="the demo runs on CPU")
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     args = parser.parse_args(rest)
     torch.set_num_threads(args.threads)
     cfg = preset("quick" if args.quick else "study" if args.study else "default", args.seed)
-    results = run(cfg, args.out)
+    out = experiment.output_folder(args.out, "omniclip-demo", args.quick)
+    if args.quick:
+        print(experiment.SMOKE_TEST)
+    results = run(cfg, out)
     chance = results["chance"]
     print(f"\nchance: {100 * chance['all']:.0f}% over all classes, "
           f"{100 * chance['held_out_among_held_out']:.0f}% among the held-out classes (3-way)\n")
     print(results_table(results))
     print()
     print(markdown_table(results, "renderings"))
-    print(f"\nwrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'confusion.png'} "
-          f"in {results['seconds']['total']:.0f} s")
+    print(f"\nwrote {out / 'results.json'} and {out / 'confusion.png'} in {results['seconds']['total']:.0f} s"
+          + (f"  ({experiment.SMOKE_TEST})" if args.quick else ""))
     return 0
 
 

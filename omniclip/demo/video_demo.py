@@ -43,7 +43,8 @@ from torch.utils.data import Dataset
 
 from omniclip.backbone import ClipBackbone
 from omniclip.demo.clip_pretrain import ClipPretrainConfig, pretrain_clip
-from omniclip.demo.experiment import evaluate, held_out_mask, pick_preset, plot_confusion
+from omniclip.demo.experiment import (SMOKE_TEST, evaluate, held_out_mask, output_folder, pick_preset,
+                                      plot_confusion, versions)
 from omniclip.demo.video_world import (
     AXES,
     FRAME_TEMPLATES,
@@ -479,6 +480,7 @@ def run(cfg: VideoDemoConfig, out_dir: str | Path, report: Callable[[str], None]
         "seconds": {"clip": round(clip_seconds, 1), "total": round(time.perf_counter() - start, 1),
                     "cpu": round(time.process_time() - cpu_start, 1)},
         "config": asdict(cfg),
+        "versions": versions(),
     }
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     plot_confusion(splits[0], classes, cfg.variants, out_dir / "confusion.png", "video")
@@ -525,20 +527,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--study", action="store_true", help=f"all {len(SPLITS)} held-out splits")
     parser.add_argument("--split", type=int, choices=range(len(SPLITS)), default=None,
                         help="run one of the held-out splits (0 is the default run's; 1 is where settings were chosen)")
-    parser.add_argument("--out", default="omniclip-video-demo-out", help="output folder (the tiny CLIP is cached here)")
+    parser.add_argument("--out", default=None, help="output folder (the tiny CLIP is cached here; default "
+                        "omniclip-video-demo-out, or omniclip-video-demo-quick with --quick)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = preset("quick" if args.quick else "study" if args.study else "default", args.seed, args.split)
-    results = run(cfg, args.out)
+    out = output_folder(args.out, "omniclip-video-demo", args.quick)
+    if args.quick:
+        print(SMOKE_TEST)
+    results = run(cfg, out)
     print()
     print(markdown_table(results))
     print()
     print("opposite-motion pair accuracy per axis:\n")
     print(axes_table(results))
-    print(f"\nwrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'confusion.png'} "
-          f"in {results['seconds']['total']:.0f} s")
+    print(f"\nwrote {out / 'results.json'} and {out / 'confusion.png'} in {results['seconds']['total']:.0f} s"
+          + (f"  ({SMOKE_TEST})" if args.quick else ""))
     return 0
 
 

@@ -20,6 +20,7 @@ def test_quick_run_writes_results_and_confusion_png(quick_run):
     out, results = quick_run
     assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"classes", "chance", "clip", "variants", "splits", "summary", "seconds", "config"} <= set(results)
+    assert results["versions"]["torch"] == torch.__version__
     num_classes = len(results["classes"])
     assert num_classes == 10
     assert results["chance"]["all"] == pytest.approx(1 / num_classes)
@@ -65,3 +66,18 @@ def test_omniclip_demo_dispatches_audio(tmp_path):
     assert demo_main(["--modality", "audio", "--quick", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["chance"]["all"] == 0.1
+
+
+def test_a_quick_run_never_writes_where_the_full_run_does(monkeypatch, tmp_path, capsys):
+    """Without --out, --quick writes to <name>-quick (a full run's results and cached CLIP stay)."""
+    from omniclip.demo import experiment, run
+
+    assert experiment.output_folder(None, "omniclip-demo", quick=True).name == "omniclip-demo-quick"
+    assert experiment.output_folder(None, "omniclip-demo", quick=False).name == "omniclip-demo-out"
+    assert experiment.output_folder("mine", "omniclip-demo", quick=True).name == "mine"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(run, "run", lambda cfg, out: (_ for _ in ()).throw(SystemExit(str(out))))
+    with pytest.raises(SystemExit, match="^omniclip-demo-quick$"):
+        main(["--quick"])
+    assert capsys.readouterr().out.startswith(experiment.SMOKE_TEST)
+
