@@ -249,7 +249,11 @@ def _precompute(cfg: Any, env: Any) -> dict[str, int]:
     store = AnchorStore.from_config(backbone, cfg.anchors)
     dataset = train_dataset(cfg, modality, backbone.preprocess)
     workers = int(cfg.trainer.num_workers)
-    if isinstance(dataset, ShardDataset):
+    if not modality.trains_on_anchors:
+        if env.is_main:
+            print(f"{modality.name} models train against class text through their own text side: no caption or "
+                  "image anchors of data.train to cache, only the eval tasks' class prompts")
+    elif isinstance(dataset, ShardDataset):
         # Each rank streams its own shards once (disjoint samples); a caption that samples on two
         # ranks share is embedded by both and indexed once.
         for batch in ShardLoader(dataset, modality.collate, store.batch_size, seed=0, rank=env.rank,

@@ -67,6 +67,10 @@ class Modality:
     #: File name suffixes of this modality's sample files (lower case), for commands that take
     #: files and must tell which modality one belongs to.
     file_suffixes: Sequence[str] = ()
+    #: Whether training reads the training data's caption / image anchors (`AnchorStore`): a lens
+    #: does; a model trained against class text through its own text side (video) does not, so
+    #: ``omniclip-anchors`` caches only its eval class prompts.
+    trains_on_anchors: bool = True
 
     def build_model(self, cfg: "DictConfig", backbone: "ClipBackbone") -> tuple[nn.Module, dict[str, Any]]:
         """The model a training recipe ``cfg`` (the whole composed recipe) describes, on

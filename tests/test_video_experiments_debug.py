@@ -59,3 +59,17 @@ def test_video_experiment_trains_a_step_in_debug_mode(experiment, k400, tmp_path
     after = trainer.trainable_weights()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed, "one optimizer step changed no trained tensor"
+
+
+def test_omniclip_anchors_caches_no_training_anchors_for_a_video_recipe(k400, tmp_path, capsys):
+    """Video models train against class text through their own text side: the captions and frames
+    of data.train would be embedded for nothing."""
+    from omniclip import anchors
+
+    with initialize_config_module("omniclip.recipes", version_base="1.3"):
+        cfg = compose("train", ["experiment=video/vificlip_k400", "debug=default", "data=kinetics400",
+                                f"data.train.root={k400}", "data.train.num_frames=4", "data.train.size=32",
+                                "data.train.short_side=40", "eval=none", f"anchors.cache_dir={tmp_path / 'anchors'}"])
+    assert anchors.precompute(cfg) == {"text": 0, "image": 0}
+    assert ("video models train against class text through their own text side: no caption or image anchors of "
+            "data.train to cache, only the eval tasks' class prompts") in capsys.readouterr().out

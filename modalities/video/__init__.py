@@ -92,6 +92,7 @@ class VideoModality(Modality):
     templates = {name: list(t) for name, t in TEMPLATES.items()}
     class_name_files = dict(CLASS_NAME_FILES)
     file_suffixes = VIDEO_SUFFIXES
+    trains_on_anchors = False  # ClassObjective: class text through the model's own text side
 
     def build_dataset(
         self, cfg: Mapping[str, Any], split: str, image_transform: Callable[[Any], torch.Tensor] | None = None
