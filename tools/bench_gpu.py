@@ -161,21 +161,6 @@ ROW_ESTIMATE_S = {"eager": 15.0, "compile": 120.0}
 SECTION_ESTIMATE_S = {"lens_step": 330.0, "pointcloud": 20.0, "fbank": 20.0, "video": 90.0}
 
 
-def missing_options(setting: Setting) -> list[str]:
-    """The trainer options ``setting`` needs that this checkout does not have."""
-    from dataclasses import fields
-
-    from omniclip.trainer import TrainerConfig
-
-    have = {f.name for f in fields(TrainerConfig)}
-    try:
-        import omniclip.acceleration  # noqa: F401  (where the trainer applies both options)
-    except ImportError:
-        have -= {"frozen_dtype", "compile"}
-    wanted = ["frozen_dtype"] * setting.frozen_bf16 + ["compile"] * setting.compile
-    return [f"trainer.{name}" for name in wanted if name not in have]
-
-
 def build_lens_step(spec: LensTrunk, sizes: Sizes, device: torch.device, backbone: Any = None) -> tuple[Any, Any, dict]:
     """(backbone, point-cloud lens model in training mode, its resolved config), as a recipe builds
     them; ``backbone`` (frozen, random weights) is loaded unless given. On the meta device nothing
@@ -195,7 +180,7 @@ def time_lens_step(spec: LensTrunk, setting: Setting, sizes: Sizes, device: torc
                    backbone: Any) -> dict[str, float]:
     """samples/s, ms per step and peak memory (MiB) of ``sizes.steps`` timed training steps of a
     lens model built afresh on ``backbone``."""
-    from bench_lens_step import _peak_rss_mb, _reset_peak_rss
+    from benchtime import peak_rss_mb, reset_peak_rss
 
     from omniclip.anchors import AnchorStore
     from omniclip.losses import LogitScale
@@ -235,14 +220,14 @@ def time_lens_step(spec: LensTrunk, setting: Setting, sizes: Sizes, device: torc
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     else:
-        _reset_peak_rss()
+        reset_peak_rss()
     start = time.perf_counter()
     for _ in range(sizes.steps):
         step()
     if cuda:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb()
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()
     return {"samples_per_s": n * sizes.steps / elapsed, "step_ms": 1e3 * elapsed / sizes.steps, "peak_mb": peak}
 
 
@@ -271,10 +256,6 @@ def lens_step_section(sizes: Sizes, device: torch.device, peak: float | None, co
         rows: dict[str, dict[str, Any]] = {}
         for key in keys:
             name, setting = SETTINGS[key]
-            missing = missing_options(setting)
-            if missing:
-                rows[name] = {"available": False, "reason": f"{', '.join(missing)} not in this checkout"}
-                continue
             if out_of_time(ROW_ESTIMATE_S["compile" if setting.compile else "eager"]):
                 rows[name] = {"available": False, "reason": "would not fit in the time budget (--budget-s)"}
                 continue

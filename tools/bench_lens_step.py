@@ -25,10 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchtime, beside this script
+from benchtime import peak_rss_mb, reset_peak_rss  # noqa: E402
 
 BASELINE = "baseline (cache on, no ckpt, fp32)"
 #: name -> options; "cuda": measured on CUDA only (bf16 autocast on a CPU without bf16 units says
@@ -53,20 +56,6 @@ def pick_settings(device: str, only: str | None = None) -> dict[str, dict]:
     return {name: st for name, st in SETTINGS.items()
             if (not st.get("cuda") or device.startswith("cuda"))
             and (name == BASELINE or not words or any(w in name for w in words))}
-
-
-def _reset_peak_rss() -> None:
-    """Reset the kernel's peak-RSS counter (VmHWM) so it covers the timed steps only."""
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")
-
-
-def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_setting(device: str, batch_size: int, steps: int, cache: bool = True, ckpt: bool = False,
@@ -127,7 +116,7 @@ def run_setting(device: str, batch_size: int, steps: int, cache: bool = True, ck
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     else:
-        _reset_peak_rss()
+        reset_peak_rss()
     start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
@@ -135,7 +124,7 @@ def run_setting(device: str, batch_size: int, steps: int, cache: bool = True, ck
         torch.cuda.synchronize()
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak_mb = _peak_rss_mb()
+        peak_mb = peak_rss_mb()
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     # On CPU, throughput per CPU-second of this process (all its threads): the work a step costs,
     # robust to other load on a shared machine; on CUDA, wall-clock throughput.

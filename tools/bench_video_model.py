@@ -30,10 +30,8 @@ clips/s over the baseline step's, i.e. how many such steps the loader can feed.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
-import resource
 import sys
 import tempfile
 import time
@@ -43,6 +41,9 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchtime, beside this script
+from benchtime import peak_rss_mb, release_freed_memory, reset_peak_rss, rss_mb  # noqa: E402
 
 NUM_CLASSES = 400
 MODELS = {"vificlip": "ViFi-CLIP", "ila": "ILA"}
@@ -139,43 +140,6 @@ def build_step(setting: Setting, name: str, device: torch.device, batch_size: in
 # ------------------------------------------------------------------------------------- memory
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _release_freed_memory() -> None:
-    """Hand memory freed by the previous setting back to the OS (glibc ``malloc_trim``): without
-    it the allocator keeps those pages resident, the next setting reuses them, and its RSS
-    hardly grows however much it allocates."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the figure may then understate
-        pass
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter (VmHWM); False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def measure(setting: Setting, name: str, device: torch.device, batch_size: int, image_size: int,
             steps: int) -> dict[str, float]:
     """clips/s (wall and CPU) and the peak memory the setting adds, in this process.
@@ -192,9 +156,9 @@ def measure(setting: Setting, name: str, device: torch.device, batch_size: int, 
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
-        _release_freed_memory()
-        _reset_peak_rss()
-        before = _rss_mb()
+        release_freed_memory()
+        reset_peak_rss()
+        before = rss_mb()
     step = build_step(setting, name, device, batch_size, image_size)
     step()  # warm-up: kernels chosen, optimizer moments allocated
     if device.type == "cuda":
@@ -208,7 +172,7 @@ def measure(setting: Setting, name: str, device: torch.device, batch_size: int, 
     if device.type == "cuda":
         peak = (torch.cuda.max_memory_allocated() - before) / 2**20
     else:
-        peak = _peak_rss_mb() - before
+        peak = peak_rss_mb() - before
     del step
     return {"clips_per_s": batch_size * steps / wall, "clips_per_cpu_s": batch_size * steps / max(cpu, 1e-9),
             "peak_mb": peak}
@@ -271,7 +235,6 @@ def main(argv: list[str] | None = None) -> int:
             r = results[setting]
             print(f"    {r['clips_per_s']:.3f} clips/s, {r['peak_mb']:.0f} MiB", flush=True)
         if not args.no_loader:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
             from bench_video import loader_clips_per_s, write_file  # the same files and loader measurement
 
             print(f"writing {args.files} test videos (320x240, {args.video_seconds:g} s) ...", flush=True)
