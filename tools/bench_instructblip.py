@@ -24,7 +24,7 @@ stages) measured in the same run; tokens/s is ``batch x new tokens`` over the la
 
 The weights are random (nothing is downloaded), and neither size is the real model:
 
-- ``--tiny``: the tests' tiny config (tests/heads/test_instructblip.py ``tiny_config``: vision 32
+- ``--tiny``: the tests' tiny config (`tiny_config`: vision 32
   wide x 2 layers at 30 px / patch 2, Q-Former 32 x 2, a 2-layer OPT 16 wide, 10 queries);
 - default "small": a ViT-B/14-shaped vision tower (768 x 12 layers, 224 px, patch 14: 257
   tokens), a 768 x 6 Q-Former with 32 queries, and an OPT-125m-shaped language model (768 x 12
@@ -36,7 +36,6 @@ The weights are random (nothing is downloaded), and neither size is the real mod
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -52,8 +51,13 @@ STAGES = ("vision trunk", "Q-Former + projection", "language model")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def tiny_config():
-    """The tests' tiny InstructBLIP (tests/heads/test_instructblip.py ``tiny_config``)."""
+def tiny_config(**overrides: Any) -> Any:
+    """The tiny InstructBLIP of the tests too (tests/heads/): transformers' own test sizes, 10 query
+    tokens, image token 98.
+
+    A wide init (0.5, not 0.02): with transformers' default the tiny model's output ignores the
+    image, and a head that dropped the features would still match.
+    """
     from transformers import InstructBlipConfig
 
     init = 0.5
@@ -65,7 +69,7 @@ def tiny_config():
             "num_attention_heads": 4, "ffn_dim": 64, "max_position_embeddings": 512, "bos_token_id": 2,
             "eos_token_id": 2, "pad_token_id": 1, "word_embed_proj_dim": 16, "init_std": init}
     return InstructBlipConfig(vision_config=vision, qformer_config=qformer, text_config=text,
-                              num_query_tokens=10, image_token_index=98, initializer_range=init)
+                              num_query_tokens=10, image_token_index=98, initializer_range=init, **overrides)
 
 
 def small_config():

@@ -19,25 +19,19 @@ from transformers import (
 from omniclip.blip_trunk import BlipVisionTrunk
 from omniclip.errors import ConfigError
 from omniclip.heads import InstructBlipHead
+from tests.tools import load_tool
 
 IMAGE_TOKEN = 98
 QUERIES = 10
+_BENCH = load_tool("bench_instructblip")  # holds the one definition of the tiny config
 
 
 def tiny_config(**overrides) -> InstructBlipConfig:
-    # A wide init (0.5, not 0.02): with transformers' default the tiny model's output ignores the image,
-    # and a head that dropped the features would still match.
-    init = 0.5
-    vision = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "image_size": 30, "patch_size": 2, "initializer_range": init}
-    qformer = {"vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-               "intermediate_size": 37, "encoder_hidden_size": 32, "initializer_range": init}
-    text = {"model_type": "opt", "vocab_size": 99, "hidden_size": 16, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "ffn_dim": 64, "max_position_embeddings": 512, "bos_token_id": 2,
-            "eos_token_id": 2, "pad_token_id": 1, "word_embed_proj_dim": 16, "init_std": init}
-    return InstructBlipConfig(vision_config=vision, qformer_config=qformer, text_config=text,
-                              num_query_tokens=QUERIES, image_token_index=IMAGE_TOKEN, initializer_range=init,
-                              **overrides)
+    """transformers' test sizes, QUERIES query tokens, IMAGE_TOKEN (tools/bench_instructblip.py holds
+    the one definition, so the benchmark's --tiny is this model)."""
+    config = _BENCH.tiny_config(**overrides)
+    assert (config.num_query_tokens, config.image_token_index) == (QUERIES, IMAGE_TOKEN)
+    return config
 
 
 @pytest.fixture(scope="module")
