@@ -106,10 +106,6 @@ class AnchorStore:
             known[rest] = disk.locate(digests([keys[i] for i in rest]))[0] >= 0
         return known
 
-    def encode_text_fn(self) -> Callable[[list[str]], torch.Tensor]:
-        """A cached ``encode_text`` for zero-shot classifier building."""
-        return self.text
-
     def flush(self, full_only: bool = False, merge: bool = True) -> Path | None:
         """Write features computed since the last flush as new shards of at most ``shard_size``
         rows; returns the last shard written. ``full_only`` writes only full shards and keeps the

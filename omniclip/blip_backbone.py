@@ -81,26 +81,6 @@ class InstructBlipBackbone:
                            "to or to classify with: anchors come from a CLIP (a lens for InstructBLIP's tower is "
                            "aligned to a CLIP's space); use this backbone to describe (omniclip-describe)")
 
-    def prompt(self, question: str, batch: int) -> dict[str, torch.Tensor]:
-        """The head's inputs for ``question``, ``batch`` times, as InstructBLIP's processor builds
-        them for an image: ``num_query_tokens`` image tokens (not padded, no BOS) before the
-        tokenized question for the language model, the question alone for the Q-Former.
-
-        The processor adds the image tokens only when it is given pixel values, which a lens has
-        none of, so its text path is followed here with its own tokenizers and image token.
-        """
-        processor = self.processor
-        image_tokens = processor.tokenizer(image_token_text(processor) * self.num_query_tokens,
-                                           add_special_tokens=False, return_tensors="pt")
-        text = processor.tokenizer([question], return_tensors="pt")
-        qformer = processor.qformer_tokenizer([question], return_tensors="pt")
-        input_ids = torch.cat([image_tokens["input_ids"], text["input_ids"]], dim=1)
-        attention_mask = torch.cat([image_tokens["attention_mask"], text["attention_mask"]], dim=1)
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
-                  "qformer_input_ids": qformer["input_ids"], "qformer_attention_mask": qformer["attention_mask"]}
-        # One question for every file: the rows are equal, so no padding side can change an answer.
-        return {k: v.expand(batch, -1).to(self.device) for k, v in inputs.items()}
-
     def answers(self, generated: torch.Tensor, prompt_length: int) -> list[str]:
         """Decoded new tokens of `InstructBlipHead.generate`'s output (a decoder-only language
         model returns the prompt first; an encoder-decoder one returns only its answer)."""

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from omniclip.blip_trunk import BlipVisionTrunk
+from omniclip.demo import describe_demo
 from omniclip.demo.captioner import (
     QUESTION,
     SPECIAL_TOKENS,
@@ -203,3 +204,20 @@ def test_cli_help_and_presets(capsys):
     assert preset("quick").test_per_class < preset("default").test_per_class
     with pytest.raises(ValueError, match="unknown preset `study`"):
         preset("study")
+
+
+def test_a_cached_captioner_is_reloaded_with_its_trained_weights(tmp_path):
+    """The second run reuses the captioner the first trained: the same weights, not a fresh model."""
+    from omniclip.demo.captioner import train_captioner
+    from omniclip.demo.dataset import shape_draw
+
+    cfg = describe_demo.preset("quick")
+    draw = shape_draw(cfg.world, cfg.captioner.image_size)
+    first, _, info = train_captioner(cfg.world, draw, cfg.captioner, tmp_path, report=lambda line: None)
+    lines = []
+    again, _, info_again = train_captioner(cfg.world, draw, cfg.captioner, tmp_path, report=lines.append)
+    assert len(lines) == 1 and lines[0].startswith("captioner: reusing ") and info_again == info
+    trained, reloaded = first.state_dict(), again.state_dict()
+    assert trained.keys() == reloaded.keys()
+    assert all(torch.equal(trained[k], reloaded[k]) for k in trained)
+

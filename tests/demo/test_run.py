@@ -68,16 +68,25 @@ def test_omniclip_demo_dispatches_audio(tmp_path):
     assert results["chance"]["all"] == 0.1
 
 
-def test_a_quick_run_never_writes_where_the_full_run_does(monkeypatch, tmp_path, capsys):
-    """Without --out, --quick writes to <name>-quick (a full run's results and cached CLIP stay)."""
-    from omniclip.demo import experiment, run
+@pytest.mark.parametrize(("flags", "module", "folder"), [
+    ([], "run", "omniclip-demo"),
+    (["--modality", "audio"], "audio_demo", "omniclip-audio-demo"),
+    (["--modality", "video"], "video_demo", "omniclip-video-demo"),
+    (["--describe"], "describe_demo", "omniclip-describe-demo"),
+])
+def test_a_quick_run_never_writes_where_the_full_run_does(monkeypatch, tmp_path, capsys, flags, module, folder):
+    """Without --out, every demo's --quick writes to <name>-quick (a full run's results and cached
+    models stay) and says it is a smoke test."""
+    import importlib
+
+    from omniclip.demo import experiment
 
     assert experiment.output_folder(None, "omniclip-demo", quick=True).name == "omniclip-demo-quick"
     assert experiment.output_folder(None, "omniclip-demo", quick=False).name == "omniclip-demo-out"
     assert experiment.output_folder("mine", "omniclip-demo", quick=True).name == "mine"
+    demo = importlib.import_module(f"omniclip.demo.{module}")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(run, "run", lambda cfg, out: (_ for _ in ()).throw(SystemExit(str(out))))
-    with pytest.raises(SystemExit, match="^omniclip-demo-quick$"):
-        main(["--quick"])
+    monkeypatch.setattr(demo, "run", lambda cfg, out: (_ for _ in ()).throw(SystemExit(str(out))))
+    with pytest.raises(SystemExit, match=f"^{folder}-quick$"):
+        main([*flags, "--quick"])
     assert capsys.readouterr().out.startswith(experiment.SMOKE_TEST)
-
