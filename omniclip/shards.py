@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import json
 import math
 import os
@@ -467,21 +468,29 @@ class EpochPlan:
         num = self.source.train_num_samples
         return None if num is None else num // (self.world_size * self.slots)
 
-    def slot_shards(self, slot: int) -> list[int]:
-        """Shard positions worker ``slot`` reads, in order (without resampling)."""
-        n = len(self.source.paths)
-        order = list(range(n))
+    @functools.cached_property
+    def _shard_order(self) -> list[int]:
+        """Every shard position in this epoch's order (shuffled once per plan, not per call)."""
+        order = list(range(len(self.source.paths)))
         if self.source.shard_shuffle:
             random.Random(_seed_words(self.seed, self.epoch, 0x5348)).shuffle(order)
-        return order[self.rank::self.world_size][slot::self.slots]
+        return order
+
+    def slot_shards(self, slot: int) -> list[int]:
+        """Shard positions worker ``slot`` reads, in order (without resampling)."""
+        return self._shard_order[self.rank::self.world_size][slot::self.slots]
 
     def slot_samples(self, slot: int) -> int:
         if self.quota is not None:
             return self.quota
         return sum(self.source.index.shards[i].count for i in self.slot_shards(slot))
 
+    @functools.cached_property
+    def _batch_counts(self) -> tuple[int, ...]:
+        return tuple(math.ceil(self.slot_samples(k) / self.batch_size) for k in range(self.slots))
+
     def batch_counts(self) -> list[int]:
-        return [math.ceil(self.slot_samples(k) / self.batch_size) for k in range(self.slots)]
+        return list(self._batch_counts)
 
     def total_batches(self) -> int:
         return sum(self.batch_counts())
@@ -605,6 +614,7 @@ class ShardLoader:
         self.dataset = _KeyLookup(self)
         self.epoch = 0
         self.consumed = 0
+        self._plan: EpochPlan | None = None
         shards, needed = len(source.paths), world_size * self.slots
         if source.train_num_samples is None and shards < needed:
             raise ConfigError("data.train.shards", f"{shards} shard(s) cannot feed {world_size} rank(s) x "
@@ -617,8 +627,13 @@ class ShardLoader:
                                                               f"by {world_size} rank(s) x {self.slots} worker(s)")
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
-        return EpochPlan(self.source, self.epoch if epoch is None else epoch, self.seed, self.rank,
-                         self.world_size, self.slots, self.batch_size)
+        """The plan of ``epoch`` (default: the current one), built once per epoch: `advance` asks for
+        it every step."""
+        epoch = self.epoch if epoch is None else epoch
+        if self._plan is None or self._plan.epoch != epoch:
+            self._plan = EpochPlan(self.source, epoch, self.seed, self.rank, self.world_size, self.slots,
+                                   self.batch_size)
+        return self._plan
 
     def _decode(self, epoch: int, key_id: int, members: Mapping[str, bytes], where: str) -> Any:
         codec, policy = self.source.codec, self.policy

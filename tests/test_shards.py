@@ -239,6 +239,10 @@ def test_epochs_reshuffle_and_the_order_is_a_pure_function_of_the_seed(tmp_path)
     assert [k for _, k in order(0, 0)] != [k for _, k in order(0, 1)]
     assert [k for _, k in order(0, 0)] != [k for _, k in order(1, 0)]
     assert sorted(k for _, k in order(0, 1)) == list(range(20))
+    # the shards themselves are reordered per epoch, not only the samples inside the shuffle buffer
+    plan = ShardLoader(source, ToyModality().collate, batch_size=4, seed=0, num_workers=0).plan
+    orders = {tuple(plan(epoch).slot_shards(0)) for epoch in range(4)}
+    assert len(orders) > 1 and all(sorted(o) == list(range(5)) for o in orders)
 
 
 def test_too_few_shards_for_the_workers_is_a_clear_error(tmp_path):
