@@ -57,6 +57,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset
 from omniclip.data import (SampleKey, SkipCounter, Skipped, SkipPolicy, _ignore_interrupts, _SkippingCollate,
                            apply_skip_policy, seeded_call)
 from omniclip.errors import ConfigError, OmniclipError, SampleError
+from omniclip.evaluation import write_json_atomic
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "omniclip-shards/1"
@@ -357,9 +358,7 @@ def write_shards(
             files._tmp().unlink(missing_ok=True)
     index_obj = ShardIndex(files.entries, codec.modality, split, _jsonable(dataset_cfg), len(dataset),  # type: ignore[arg-type]
                            getattr(dataset, "class_names", None), [list(s) for s in skips.skipped], out)
-    tmp = out / f".{INDEX_NAME}.tmp"
-    tmp.write_text(json.dumps(index_obj.to_json(), indent=1))
-    os.replace(tmp, out / INDEX_NAME)
+    write_json_atomic(index_obj.to_json(), out / INDEX_NAME)
     return index_obj, skips
 
 
