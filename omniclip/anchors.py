@@ -245,6 +245,9 @@ def _precompute(cfg: Any, env: Any) -> dict[str, int]:
     store = AnchorStore.from_config(backbone, cfg.anchors)
     dataset = train_dataset(cfg, modality, backbone.preprocess)
     workers = int(cfg.trainer.num_workers)
+    # The training run's seed: samples draw their caption and view from (seed, epoch, index), so
+    # epoch 0 of training then finds every anchor it needs.
+    seed = int(cfg.trainer.seed)
     if not modality.trains_on_anchors:
         if env.is_main:
             print(f"{modality.name} models train against class text through their own text side: no caption or "
@@ -252,14 +255,14 @@ def _precompute(cfg: Any, env: Any) -> dict[str, int]:
     elif isinstance(dataset, ShardDataset):
         # Each rank streams its own shards once (disjoint samples); a caption that samples on two
         # ranks share is embedded by both and indexed once.
-        for batch in ShardLoader(dataset, modality.collate, store.batch_size, seed=0, rank=env.rank,
+        for batch in ShardLoader(dataset, modality.collate, store.batch_size, seed=seed, rank=env.rank,
                                  world_size=env.world_size, num_workers=workers, policy=cfg.trainer.bad_samples):
             _embed_batch(store, batch, None)
     else:
         sampler = ResumableSampler(len(dataset), shuffle=False, rank=env.rank, world_size=env.world_size,
                                    drop_last=False, batch_size=store.batch_size)
         loader = build_loader(dataset, modality.collate, store.batch_size, sampler, workers,
-                              seed=0, policy=cfg.trainer.bad_samples, persistent_workers=False)
+                              seed=seed, policy=cfg.trainer.bad_samples, persistent_workers=False)
         if env.world_size == 1:  # every key is this process's: embed while reading
             for batch in loader:
                 _embed_batch(store, batch, None)
