@@ -18,6 +18,7 @@ from omniclip.modalities.pointcloud.ops import (
     gather_points,
     knn,
 )
+from omniclip.modalities.pointcloud.projection import depth_map, patchify
 
 
 def _check_points(points: Tensor, channels: Sequence[int]) -> None:
@@ -198,3 +199,41 @@ class PointNet2Tokenizer(nn.Module):
         start = self.fps_start if self.training else self.eval_fps_start
         centres, features = self.sa(points[..., :3], points, start)
         return self.lift(torch.cat([centres.transpose(1, 2), features], dim=1))
+
+
+class ProjectionTokenizer(nn.Module):
+    """Points projected onto the ViT's patch grid, then a small learned per-patch encoder.
+
+    A cloud in the unit frame is z-buffered onto an ``image_size`` x ``image_size`` grid (the
+    camera of `projection.depth_map`: looking along -z), each pixel holding the nearest point's
+    depth and whether any point fell in it; the grid is cut into the trunk's ``patch_size``
+    patches, row-major, and an MLP maps each patch (2 x p x p values) to a token. There is one
+    token per patch position, in the order a ViT's patch embedding gives them, so what the
+    frozen ViT reads has the spatial layout of its own input; the lens between may be the
+    identity. The view is fixed: clouds must be posed in the frame the trunk's images were.
+    """
+
+    def __init__(self, image_size: int, patch_size: int, token_dim: int, hidden_dim: int = 256) -> None:
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.out_dim = token_dim
+        self.num_tokens = (image_size // patch_size) ** 2
+        self.encoder = nn.Sequential(
+            nn.Linear(2 * patch_size * patch_size, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, token_dim)
+        )
+
+    def project(self, points: Tensor) -> Tensor:
+        """[B, N, 3 or 6] -> [B, 2, S, S]: depth in [-1, 1] where a point fell (0 elsewhere), and the hit mask."""
+        _check_points(points, (3, 6))
+        if points.shape[1] == 0:
+            raise ValueError("point cloud has no points; the projection tokenizer needs at least one")
+        depth, hit = depth_map(points[..., :3], self.image_size)
+        depth = torch.where(hit, depth.clamp(-1, 1), torch.zeros_like(depth))
+        return torch.stack([depth, hit.to(depth.dtype)], dim=1)
+
+    def forward(self, points: Tensor) -> Tensor:
+        """[B, N, 3 or 6] -> one token per patch position, [B, (image_size / patch_size)^2, token_dim]."""
+        return self.encoder(patchify(self.project(points), self.patch_size))

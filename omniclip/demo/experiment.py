@@ -34,6 +34,7 @@ class LensTrainConfig:
     weight_decay: float = 0.05
     text_weight: float = 1.0  # captions of the training samples
     image_weight: float = 1.0  # the frozen CLIP embedding of each sample's own image
+    patch_weight: float = 0.0  # lens tokens fitted to the ViT's patch embeddings of that image (`PatchAnchored`)
 
 
 def pick_preset(name: str, base: Any, quick: Any, study: Any) -> Any:
@@ -58,7 +59,13 @@ def train_lens(model: LensModel, backbone: ClipBackbone, train: Dataset, cfg: Le
         weight_decay=cfg.weight_decay, num_workers=0, seed=seed, checkpoint_every=cfg.steps, keep_last=1,
         log_every=max(cfg.steps // 10, 1), resume="never", tensorboard=False, progress_bar=False,
     )
-    trainer = Trainer(trainer_cfg, model, objective, train, default_collate, out_dir)
+    trained: torch.nn.Module = model
+    if cfg.patch_weight > 0:
+        from omniclip.demo.lens import PatchAnchored
+        from omniclip.trunk import ViTTrunk
+
+        trained = PatchAnchored(model, ViTTrunk(backbone.visual), cfg.patch_weight)
+    trainer = Trainer(trainer_cfg, trained, objective, train, default_collate, out_dir)
     start = time.perf_counter()
     result = trainer.fit()
     tail = result.losses[-max(len(result.losses) // 10, 1) :]
@@ -78,6 +85,8 @@ def embed(model: LensModel, samples: PairedSet, batch_size: int = 128) -> Tensor
 def embed_clouds(model: LensModel, shapes: PairedSet, batch_size: int = 128) -> Tensor:
     """`embed` of point clouds with a fixed first FPS centre (the tokenizer's is random otherwise)."""
     tokenizer = model.tokenizer
+    if not hasattr(tokenizer, "fps_start"):
+        return embed(model, shapes, batch_size)  # a projection has no random start
     previous, tokenizer.fps_start = tokenizer.fps_start, 0
     try:
         return embed(model, shapes, batch_size)

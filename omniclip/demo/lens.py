@@ -7,6 +7,11 @@
   what the lens alone achieves through a frozen transformer that knows nothing.
 * ``no_vit``: the same tokenizer and Perceiver, its latents mean-pooled and projected straight to
   the CLIP embedding (`PooledHead` stands in for the trunk): what the lens learns without a ViT.
+
+The 3D lens has two tokenizers: ``pointbert`` (ViT-Lens's, into a Perceiver) and ``projection``
+(`ProjectionTokenizer`: points on the ViT's patch grid, one token per patch, no Perceiver). With
+``LensTrainConfig.patch_weight`` > 0 the lens tokens are also fitted to the pretrained ViT's patch
+embeddings of the sample's own image (`PatchAnchored`), for every variant alike.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from omniclip.modalities.pointcloud.tokenizers import PointBertTokenizer
+from omniclip.modalities.pointcloud.tokenizers import PointBertTokenizer, ProjectionTokenizer
 from torch import nn
+import torch.nn.functional as F
 
 from omniclip.backbone import ClipBackbone, load_backbone
 from omniclip.lens.perceiver import Perceiver
@@ -41,9 +47,10 @@ class PerceiverConfig:
 class LensConfig(PerceiverConfig):
     """Sizes of the point tokenizer and the Perceiver."""
 
+    tokenizer: str = "pointbert"  # or "projection" (one token per ViT patch, no Perceiver)
     num_groups: int = 16
     group_size: int = 8
-    encoder_dim: int = 128
+    encoder_dim: int = 128  # pointbert: mini-PointNet width; projection: per-patch MLP width
 
 
 class PooledHead(nn.Module):
@@ -96,19 +103,79 @@ def assemble_lens(variant: str, backbone: ClipBackbone, cfg: PerceiverConfig, se
     num_latents = trunk.num_positions - 1
     torch.manual_seed(seed)
     tokens = tokenizer(trunk)
-    lens = Perceiver(
-        input_dim=cfg.token_dim, latent_dim=trunk.width, num_latents=num_latents, depth=cfg.depth,
-        cross_dim_head=cfg.cross_dim_head, latent_heads=trunk.width // cfg.latent_dim_head,
-        latent_dim_head=cfg.latent_dim_head, self_per_cross_attn=cfg.self_per_cross_attn,
-    )
+    if getattr(tokens, "num_tokens", None) == num_latents and tokens.out_dim == trunk.width:
+        lens: nn.Module = PatchTokens(trunk.width, num_latents)  # already one trunk-wide token per patch
+    else:
+        lens = Perceiver(
+            input_dim=cfg.token_dim, latent_dim=trunk.width, num_latents=num_latents, depth=cfg.depth,
+            cross_dim_head=cfg.cross_dim_head, latent_heads=trunk.width // cfg.latent_dim_head,
+            latent_dim_head=cfg.latent_dim_head, self_per_cross_attn=cfg.self_per_cross_attn,
+        )
     head = PooledHead(trunk.width, trunk.embed_dim, num_latents) if variant == "no_vit" else trunk
     return LensModel(tokens, lens, head)
 
 
 def build_lens(variant: str, backbone: ClipBackbone, cfg: LensConfig, seed: int) -> LensModel:
-    """The 3D lens model for ``variant`` (see `assemble_lens`)."""
-    return assemble_lens(
-        variant, backbone, cfg, seed,
-        lambda trunk: PointBertTokenizer(cfg.num_groups, cfg.group_size, cfg.encoder_dim, cfg.token_dim,
-                                         fps_start=None),
-    )
+    """The 3D lens model for ``variant`` (see `assemble_lens`) with ``cfg.tokenizer``."""
+
+    def tokenizer(trunk: ViTTrunk) -> nn.Module:
+        if cfg.tokenizer == "projection":
+            return ProjectionTokenizer(trunk.grid_size[0] * trunk.patch_size, trunk.patch_size, trunk.width,
+                                       cfg.encoder_dim)
+        if cfg.tokenizer == "pointbert":
+            return PointBertTokenizer(cfg.num_groups, cfg.group_size, cfg.encoder_dim, cfg.token_dim, fps_start=None)
+        raise ValueError(f"unknown demo tokenizer `{cfg.tokenizer}` (pointbert, projection)")
+
+    return assemble_lens(variant, backbone, cfg, seed, tokenizer)
+
+
+class PatchTokens(nn.Module):
+    """The lens when the tokenizer already gives one trunk-wide token per patch position: none.
+
+    It only states the sizes `LensModel` checks (``input_dim``, ``out_dim``, ``num_tokens``)."""
+
+    def __init__(self, width: int, num_tokens: int) -> None:
+        super().__init__()
+        self.input_dim = self.out_dim = width
+        self.num_tokens = num_tokens
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is not None:
+            raise ValueError("patch tokens take no mask: every patch position is a token")
+        return tokens
+
+
+class PatchAnchored(nn.Module):
+    """Training wrapper: ``model``'s embeddings, plus the fit of its lens tokens (what the trunk reads)
+    to the pretrained ViT's patch embeddings of each sample's own image, as an auxiliary loss.
+
+    The loss is ``weight`` x the mean squared error over tokens and channels divided by the targets'
+    mean square (1 = a lens that outputs zeros). The target comes from the *pretrained* ``teacher``
+    whichever trunk ``model`` has, so the controls get the same teaching and differ only in what
+    reads the tokens. Returns ``(embeddings, {"patch": loss})``, the `Trainer`'s auxiliary-loss form.
+    """
+
+    def __init__(self, model: LensModel, teacher: ViTTrunk, weight: float) -> None:
+        super().__init__()
+        if weight <= 0:
+            raise ValueError(f"patch anchoring weight must be > 0, got {weight}")
+        self.model = model
+        self.teacher = teacher.requires_grad_(False)
+        self.weight = weight
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if batch.get("images") is None:
+            raise KeyError(f"patch anchoring needs each sample's `images`; batch keys: {sorted(batch)}")
+        model = self.model
+        tokens = model.lens(model.tokenizer(batch["inputs"]))
+        with torch.no_grad():
+            target = self.teacher.patch_embed(batch["images"].to(tokens.device))
+        if target.shape != tokens.shape:
+            raise ValueError(f"lens tokens {list(tokens.shape)} cannot be anchored to patch embeddings "
+                             f"{list(target.shape)}: the lens must give one trunk-wide token per patch")
+        mismatch = (tokens - target).pow(2).mean() / target.pow(2).mean()
+        embeddings = F.normalize(model.trunk.forward_head(model.trunk.forward_features(tokens)), dim=-1)
+        return embeddings, {"patch": self.weight * mismatch}
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.model.trainable_state_dict()

@@ -64,5 +64,5 @@ def test_render_channels():
 
 
 def test_bad_shape_is_rejected():
-    with pytest.raises(ValueError, match=r"surface must have shape \[B, M, 3\], got \[5, 3\]"):
+    with pytest.raises(ValueError, match=r"points must have shape \[B, M, 3\], got \[5, 3\]"):
         depth_map(torch.zeros(5, 3), 8)
