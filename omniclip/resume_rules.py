@@ -44,7 +44,7 @@ SCHEDULE_KEYS: tuple[str, ...] = (
 #: Trainer fields that change how the run is observed or stored, never what it computes.
 FREE_TRAINER_KEYS: tuple[str, ...] = (
     "num_workers", "prefetch_factor", "checkpoint_every", "keep_last", "eval_every", "log_every", "resume",
-    "tensorboard", "wandb_project", "progress_bar", "grad_checkpointing", "bad_samples", "max_skip_fraction",
+    "tensorboard", "wandb_project", "progress_bar", "progress_label", "grad_checkpointing", "bad_samples", "max_skip_fraction",
     "nonfinite", "max_nonfinite_steps", "max_consecutive_nonfinite",
     # ddp | fsdp2: checkpoints hold full tensors either way (`omniclip.parallel`); the update differs
     # only in float summation order (reduce-scatter vs all-reduce)

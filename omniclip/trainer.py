@@ -128,6 +128,7 @@ class TrainerConfig:
     tensorboard: bool = True
     wandb_project: str | None = None
     progress_bar: bool = True
+    progress_label: str = "train"  # the progress bar's title (a demo names the lens it trains)
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # hydra hands lists
@@ -452,6 +453,7 @@ class Trainer:
         bar = self._progress(end)
         self.trainable.train()
         last_time, samples_since = time.perf_counter(), 0
+        throughput = None  # samples/s over the last logging interval, shown on the bar once known
         with self._stop_signals():
             while self.step < end:
                 try:
@@ -466,13 +468,16 @@ class Trainer:
                     now = time.perf_counter()
                     logs["samples_per_s"] = samples_since * self.env.world_size / max(now - last_time, 1e-9)
                     last_time, samples_since = now, 0
+                    throughput = logs["samples_per_s"]
                     self._log(logs)
                     if bar is None and self.env.is_main:
                         log.info(_step_line(self.step, end, logs))
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}", lr=f"{logs['lr']:.2e}",
-                                    sps=f"{logs.get('samples_per_s', 0):.0f}", refresh=False)
+                    shown = {"loss": f"{logs.get('loss', float('nan')):.4f}", "lr": f"{logs['lr']:.2e}"}
+                    if throughput is not None:
+                        shown["samples/s"] = f"{throughput:.0f}"
+                    bar.set_postfix(shown, refresh=False)
                 if self.step % self.cfg.checkpoint_every == 0 or self.step == end:
                     self.save()
                     barrier()
@@ -687,7 +692,7 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=end, initial=self.step, desc="train", dynamic_ncols=True)
+        return tqdm(total=end, initial=self.step, desc=self.cfg.progress_label, dynamic_ncols=True)
 
     def _log(self, logs: Mapping[str, float]) -> None:
         if not self.env.is_main:

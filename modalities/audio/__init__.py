@@ -25,10 +25,11 @@ from omniclip import registry
 from omniclip.errors import ConfigError
 from omniclip.modalities.audio import convert as _converters  # noqa: F401  (registers converters)
 from omniclip.modalities.audio.datasets import build_dataset
-from omniclip.modalities.audio.features import AUDIOSET_MEAN, AUDIOSET_STD, AudioFrontend
+from omniclip.modalities.audio.features import AUDIOSET_MEAN, AUDIOSET_STD, AudioFrontend, fbank_picture
 from omniclip.modalities.audio.templates import TEMPLATES
 from omniclip.modalities.audio.tokenizer import AudioPatchTokenizer, audio_lens_defaults
 from omniclip.modality import Modality, TrunkSpec, collate_views
+from omniclip.patch_grid import PatchGridEncoder
 
 _PERCEIVER: dict[str, Any] = {
     "name": "perceiver",
@@ -82,6 +83,44 @@ class AudioTokenizer(AudioPatchTokenizer):
         with torch.autocast(waves.device.type, enabled=False):
             fbank = self.frontend(waves.float())
         return super().forward(fbank.to(self.conv1.weight.dtype))
+
+
+class AudioGridTokenizer(nn.Module):
+    """Waveform clips [B, T] -> normalised Kaldi fbank -> the fbank laid out as the trunk's picture
+    (`fbank_picture`: time left to right, high bands at the top, area-pooled to ``image_size``) ->
+    a learned per-patch encoder: one token per patch position of the trunk, [B, (S / p)^2, width].
+
+    For a trunk that was taught on spectrogram pictures, the tokens then sit where its own patches
+    do (with `AudioTokenizer` a lens must learn that layout); the lens between may be the identity.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        image_size: int,
+        patch_size: int,
+        hidden_dim: int = 256,
+        sample_rate: int = 16000,
+        num_mel_bins: int = 128,
+        target_frames: int = 512,
+        mean: float = AUDIOSET_MEAN,
+        std: float = AUDIOSET_STD,
+        freq_mask: int = 0,
+        time_mask: int = 0,
+        noise: bool = False,
+    ):
+        super().__init__()
+        self.frontend = AudioFrontend(sample_rate, num_mel_bins, target_frames, mean, std, freq_mask, time_mask, noise)
+        self.encoder = PatchGridEncoder(1, image_size, patch_size, width, hidden_dim)
+        self.out_dim = width
+        self.num_tokens = self.encoder.num_tokens
+
+    def forward(self, waves: torch.Tensor) -> torch.Tensor:
+        if waves.dim() != 2:
+            raise ValueError(f"the audio tokenizer expects waveform clips [B, T], got shape {tuple(waves.shape)}")
+        with torch.autocast(waves.device.type, enabled=False):
+            picture = fbank_picture(self.frontend(waves.float()), self.encoder.image_size)
+        return self.encoder(picture)
 
 
 _TOKENIZER_KEYS = ("patch_size", "stride", "sample_rate", "num_mel_bins", "target_frames", "mean", "std",

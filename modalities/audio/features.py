@@ -16,6 +16,7 @@ import functools
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchaudio.compliance.kaldi import get_mel_banks
 
@@ -228,6 +229,16 @@ def mixup(
     if labels is not None:
         labels = torch.where(mixed[:, None], torch.maximum(labels, labels[partners]), labels)
     return MixupResult(inputs=out, labels=labels, weights=weights, partners=partners, mixed=mixed)
+
+
+def fbank_picture(fbank: torch.Tensor, size: int) -> torch.Tensor:
+    """Fbank [B, frames, mel] laid out as a picture [B, 1, size, size]: time left to right, high mel
+    bands at the top, area-pooled. The layout of the spectrogram pictures an image tower reads, so
+    that a tokenizer drawing the same picture puts its tokens where the ViT's patches are."""
+    if fbank.dim() != 3:
+        raise ValueError(f"fbank must have shape [B, frames, mel], got {list(fbank.shape)}")
+    picture = fbank.transpose(1, 2).flip(1).unsqueeze(1)  # [B, 1, mel (high first), frames]
+    return F.adaptive_avg_pool2d(picture, size)
 
 
 class AudioFrontend(nn.Module):

@@ -36,13 +36,3 @@ def depth_map(points: Tensor, size: int) -> tuple[Tensor, Tensor]:
     depth = depth[:-1].view(batch, size, size)
     return depth, torch.isfinite(depth)
 
-
-def patchify(images: Tensor, patch_size: int) -> Tensor:
-    """[B, C, S, S] -> [B, (S / p)^2, C * p * p]: patches row-major, as a ViT's patch embedding orders
-    them (its ``conv1`` output flattened); each patch's values channel-major, then row, then column."""
-    batch, channels, height, width = images.shape
-    if height % patch_size or width % patch_size:
-        raise ValueError(f"image size {height}x{width} is not a multiple of the patch size {patch_size}")
-    grid_h, grid_w = height // patch_size, width // patch_size
-    x = images.reshape(batch, channels, grid_h, patch_size, grid_w, patch_size)
-    return x.permute(0, 2, 4, 1, 3, 5).reshape(batch, grid_h * grid_w, channels * patch_size * patch_size)

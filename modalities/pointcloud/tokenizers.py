@@ -18,7 +18,8 @@ from omniclip.modalities.pointcloud.ops import (
     gather_points,
     knn,
 )
-from omniclip.modalities.pointcloud.projection import depth_map, patchify
+from omniclip.modalities.pointcloud.projection import depth_map
+from omniclip.patch_grid import PatchGridEncoder
 
 
 def _check_points(points: Tensor, channels: Sequence[int]) -> None:
@@ -215,15 +216,10 @@ class ProjectionTokenizer(nn.Module):
 
     def __init__(self, image_size: int, patch_size: int, token_dim: int, hidden_dim: int = 256) -> None:
         super().__init__()
-        if image_size % patch_size:
-            raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
         self.image_size = image_size
-        self.patch_size = patch_size
+        self.encoder = PatchGridEncoder(2, image_size, patch_size, token_dim, hidden_dim)
         self.out_dim = token_dim
-        self.num_tokens = (image_size // patch_size) ** 2
-        self.encoder = nn.Sequential(
-            nn.Linear(2 * patch_size * patch_size, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, token_dim)
-        )
+        self.num_tokens = self.encoder.num_tokens
 
     def project(self, points: Tensor) -> Tensor:
         """[B, N, 3 or 6] -> [B, 2, S, S]: depth in [-1, 1] where a point fell (0 elsewhere), and the hit mask."""
@@ -236,4 +232,4 @@ class ProjectionTokenizer(nn.Module):
 
     def forward(self, points: Tensor) -> Tensor:
         """[B, N, 3 or 6] -> one token per patch position, [B, (image_size / patch_size)^2, token_dim]."""
-        return self.encoder(patchify(self.project(points), self.patch_size))
+        return self.encoder(self.project(points))

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omniclip.modalities.audio import AudioTokenizer
+from omniclip.modalities.audio import AudioGridTokenizer, AudioTokenizer
 from torch import Tensor
 
 from omniclip.backbone import ClipBackbone
@@ -38,7 +38,6 @@ from omniclip.demo.experiment import (
     SMOKE_TEST,
     LensTrainConfig,
     embed,
-    markdown_table,
     output_folder,
     plot_confusion,
     results_record,
@@ -54,6 +53,7 @@ from omniclip.demo.sounds import (
     spectrogram_image,
 )
 from omniclip.model import LensModel
+from omniclip.trunk import ViTTrunk
 
 #: Held-out class triples (indices into `sounds.CLASS_NAMES`); the first is the default run's.
 #: Each leaves a relative among the seen classes (rising chirp for falling, tone for beeps,
@@ -92,6 +92,8 @@ def pretrain_sound_clip(sounds: SoundConfig, cfg: ClipPretrainConfig, out_dir: s
 class AudioLensConfig(PerceiverConfig):
     """Sizes of the audio tokenizer and the Perceiver, and the tokenizer's training augmentation."""
 
+    tokenizer: str = "fbank"  # ViT-Lens's fbank patches into a Perceiver, or "grid" (`AudioGridTokenizer`)
+    hidden_dim: int = 256  # grid: per-patch MLP width
     stride: int = 8  # the patch is the trunk's (8): non-overlapping 8 x 8 fbank patches, 8 x 12 tokens
     # SpecAugment band widths (mel bins, frames). Off: a masked band is still in the clip's
     # spectrogram anchor, and with masks 8 / 16 seen accuracy fell from 0.98 to 0.84 and calibrated
@@ -104,33 +106,47 @@ class AudioLensConfig(PerceiverConfig):
 def build_audio_lens(variant: str, backbone: ClipBackbone, sounds: SoundConfig, cfg: AudioLensConfig,
                      seed: int) -> LensModel:
     """The audio lens model for ``variant`` (see `omniclip.demo.lens.assemble_lens`)."""
-    return assemble_lens(
-        variant, backbone, cfg, seed,
-        lambda trunk: AudioTokenizer(
-            cfg.token_dim, trunk.patch_size, cfg.stride, sounds.sample_rate, sounds.num_mel_bins, sounds.frames,
-            freq_mask=cfg.freq_mask, time_mask=cfg.time_mask, noise=cfg.noise,
-        ),
-    )
+    def tokenizer(trunk: ViTTrunk) -> torch.nn.Module:
+        if cfg.tokenizer == "grid":
+            return AudioGridTokenizer(
+                trunk.width, trunk.grid_size[0] * trunk.patch_size, trunk.patch_size, cfg.hidden_dim,
+                sounds.sample_rate, sounds.num_mel_bins, sounds.frames, freq_mask=cfg.freq_mask,
+                time_mask=cfg.time_mask, noise=cfg.noise,
+            )
+        if cfg.tokenizer == "fbank":
+            return AudioTokenizer(
+                cfg.token_dim, trunk.patch_size, cfg.stride, sounds.sample_rate, sounds.num_mel_bins, sounds.frames,
+                freq_mask=cfg.freq_mask, time_mask=cfg.time_mask, noise=cfg.noise,
+            )
+        raise ValueError(f"unknown demo audio tokenizer `{cfg.tokenizer}` (fbank, grid)")
+
+    return assemble_lens(variant, backbone, cfg, seed, tokenizer)
 
 
 # --------------------------------------------------------------------------- the experiment
+#: Training-set sizes (clips per seen class) of ``--study``'s data-efficiency curve, beside the whole set.
+CURVE_SIZES: tuple[int, ...] = (4, 16, 64)
+
+
 @dataclass(frozen=True)
 class AudioDemoConfig:
     sounds: SoundConfig = field(default_factory=SoundConfig)
     clip: ClipPretrainConfig = field(default_factory=lambda: ClipPretrainConfig(
         steps=600, batch_size=128, lr=3e-3, weight_decay=0.1, warmup_steps=60, image_size=32, eval_per_class=40))
-    lens: AudioLensConfig = field(default_factory=AudioLensConfig)
-    train: LensTrainConfig = field(default_factory=lambda: LensTrainConfig(steps=1000, warmup_steps=100))
+    lens: AudioLensConfig = field(default_factory=lambda: AudioLensConfig(tokenizer="grid"))
+    train: LensTrainConfig = field(default_factory=lambda: LensTrainConfig(steps=400, warmup_steps=40,
+                                                                           patch_weight=10.0))
     train_per_class: int = 200
     test_per_class: int = 60
-    splits: tuple[tuple[int, ...], ...] = SPLITS[:1]
+    splits: tuple[tuple[int, ...], ...] = SPLITS[:3]
+    curve_sizes: tuple[int, ...] = ()
     variants: tuple[str, ...] = VARIANTS
     seed: int = 0
 
 
 def preset(name: str, seed: int = 0, splits: Sequence[Sequence[int]] | None = None) -> AudioDemoConfig:
-    """``quick`` (smoke test), ``default`` (one split, < 10 min on 2 cores) or ``study`` (all `SPLITS`);
-    ``splits`` replaces the preset's held-out splits."""
+    """``quick`` (smoke test, one split), ``default`` (3 held-out splits) or ``study`` (all 4 `SPLITS`
+    and the data-efficiency curve over `CURVE_SIZES`); ``splits`` replaces the held-out splits."""
     base = AudioDemoConfig(seed=seed)
     base = replace(base, clip=replace(base.clip, seed=seed))
     quick = replace(
@@ -139,27 +155,16 @@ def preset(name: str, seed: int = 0, splits: Sequence[Sequence[int]] | None = No
         train=replace(base.train, steps=2, batch_size=8, warmup_steps=1),
         train_per_class=2,
         test_per_class=2,
+        splits=SPLITS[:1],
     )
-    cfg = experiment.pick_preset(name, base, quick, replace(base, splits=SPLITS))
+    cfg = experiment.pick_preset(name, base, quick, replace(base, splits=SPLITS, curve_sizes=CURVE_SIZES))
     if splits is not None:
         cfg = replace(cfg, splits=tuple(tuple(s) for s in splits))
     return cfg
 
 
-def run_split(cfg: AudioDemoConfig, backbone: ClipBackbone, held_out: Sequence[int], out_dir: Path,
-              report: Callable[[str], None]) -> dict[str, Any]:
-    """Train every variant on the seen classes of one split and score all of them on all classes."""
-    classes = cfg.sounds.classes
-    seen = [c for c in range(len(classes)) if c not in held_out]
-    split_name = "-".join(classes[c].replace(" ", "_") for c in held_out)
-    size = cfg.clip.image_size
-    train = make_sound_set(cfg.sounds, seen, cfg.train_per_class, cfg.seed * 1000 + 11, f"train-{split_name}", size)
-    test = make_sound_set(cfg.sounds, range(len(classes)), cfg.test_per_class, cfg.seed * 1000 + 12, "test", size)
-    return experiment.run_split(
-        backbone, classes, PROMPT_TEMPLATES, held_out, split_name, train, test, cfg.variants,
-        lambda variant: build_audio_lens(variant, backbone, cfg.sounds, cfg.lens, cfg.seed), embed, cfg.train,
-        out_dir, cfg.seed, report,
-    )
+def split_name(classes: Sequence[str], held_out: Sequence[int]) -> str:
+    return "-".join(classes[c].replace(" ", "_") for c in held_out)
 
 
 def run(cfg: AudioDemoConfig, out_dir: str | Path, report: Callable[[str], None] = print) -> dict[str, Any]:
@@ -169,39 +174,40 @@ def run(cfg: AudioDemoConfig, out_dir: str | Path, report: Callable[[str], None]
     start, cpu_start = time.perf_counter(), time.process_time()
     backbone, clip_info = pretrain_sound_clip(cfg.sounds, cfg.clip, out_dir, report)
     clip_seconds = time.perf_counter() - start
-    splits = [run_split(cfg, backbone, held_out, out_dir, report) for held_out in cfg.splits]
-    results = results_record(cfg.sounds.classes, splits, cfg.variants, clip_info, {
+    classes, size = cfg.sounds.classes, cfg.clip.image_size
+    test = make_sound_set(cfg.sounds, range(len(classes)), cfg.test_per_class, cfg.seed * 1000 + 12, "test", size)
+
+    def make_train(held_out: Sequence[int]) -> PairedSet:
+        seen = [c for c in range(len(classes)) if c not in held_out]
+        return make_sound_set(cfg.sounds, seen, cfg.train_per_class, cfg.seed * 1000 + 11,
+                              f"train-{split_name(classes, held_out)}", size)
+
+    splits, curve = experiment.run_splits(
+        backbone, classes, PROMPT_TEMPLATES, cfg.splits, [split_name(classes, h) for h in cfg.splits], make_train,
+        test, cfg.variants, lambda variant: build_audio_lens(variant, backbone, cfg.sounds, cfg.lens, cfg.seed),
+        embed, cfg.train, out_dir, cfg.seed, report, cfg.curve_sizes,
+        {"demo": "audio", "backbone": cfg.clip.model, "clip": clip_info["hash"], "lens": asdict(cfg.lens),
+         "sounds": asdict(cfg.sounds)},
+    )
+    results = results_record(classes, splits, cfg.variants, clip_info, {
         "clip": round(clip_seconds, 1), "total": round(time.perf_counter() - start, 1),
         "cpu": round(time.process_time() - cpu_start, 1)}, asdict(cfg))
+    if curve:
+        results["curve"] = experiment.curve_summary(curve, cfg.variants)
+        results["curve_splits"] = {str(n): records for n, records in curve.items()}
+        experiment.plot_curve(results["curve"], cfg.variants, results["chance"]["held_out"], out_dir / "curve.png",
+                              "audio")
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    plot_confusion(splits[0], cfg.sounds.classes, cfg.variants, out_dir / "confusion.png", "sound")
+    plot_confusion(splits[0], classes, cfg.variants, out_dir / "confusion.png", "sound", "spectrograms")
     return results
-
-
-def _held_out(text: str, classes: Sequence[str]) -> tuple[int, ...]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [n for n in names if n not in classes]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown classes {unknown or [text]} (known: {', '.join(classes)})")
-    if len(names) >= len(classes):
-        raise argparse.ArgumentTypeError("at least one class must stay seen")
-    return tuple(classes.index(n) for n in names)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     classes = SoundConfig().classes
-    parser = argparse.ArgumentParser(prog="python -m omniclip.demo.audio_demo", description=__doc__.split("\n\n")[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="smoke test of the pipeline (< 1 min; not evidence)")
-    mode.add_argument("--study", action="store_true", help=f"all {len(SPLITS)} held-out splits")
-    parser.add_argument("--held-out", type=lambda text: _held_out(text, classes), action="append",
-                        help="comma-separated held-out class names (repeat for several splits); "
-                             f"default: {', '.join(classes[c] for c in SPLITS[0])}")
-    parser.add_argument("--out", default=None, help="output folder (the tiny CLIP is cached here; default "
-                        "omniclip-audio-demo-out, or omniclip-audio-demo-quick with --quick)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (1 is fastest for these small tensors on a busy machine)")
+    parser = argparse.ArgumentParser(prog="omniclip-demo --modality audio", description=__doc__.split("\n\n")[0])
+    experiment.add_demo_arguments(parser, classes, SPLITS[:3], "omniclip-audio-demo",
+                                  f"all {len(SPLITS)} held-out splits and the data-efficiency curve "
+                                  f"({', '.join(map(str, CURVE_SIZES))} and all clips per seen class): curve.png")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = preset("quick" if args.quick else "study" if args.study else "default", args.seed, args.held_out)
@@ -209,10 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         print(SMOKE_TEST)
     results = run(cfg, out)
-    print()
-    print(markdown_table(results, "spectrograms"))
-    print(f"\nwrote {out / 'results.json'} and {out / 'confusion.png'} in {results['seconds']['total']:.0f} s"
-          + (f"  ({SMOKE_TEST})" if args.quick else ""))
+    files = ["results.json", "confusion.png"] + (["curve.png"] if results.get("curve") else [])
+    experiment.print_report(results, "spectrograms", "audio", out, files, args.quick)
     return 0
 
 

@@ -94,7 +94,10 @@ def pretrain_clip(name: str, classes: Sequence[str], prompts: Sequence[str], dra
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     token_cache: dict[str, torch.Tensor] = {}
     start = time.perf_counter()
-    for step in range(1, cfg.steps + 1):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(1, cfg.steps + 1), desc=f"{name} pretraining", dynamic_ncols=True)
+    for step in bar:
         labels = torch.randint(len(classes), (cfg.batch_size,), generator=generator)
         _, images, captions = draw(labels, generator)
         missing = [c for c in dict.fromkeys(captions) if c not in token_cache]
@@ -106,8 +109,9 @@ def pretrain_clip(name: str, classes: Sequence[str], prompts: Sequence[str], dra
         loss.backward()
         optimizer.step()
         schedule.step()
-        if step % 100 == 0 or step == cfg.steps:
-            report(f"tiny CLIP step {step}/{cfg.steps}  loss {loss.item():.3f}  {time.perf_counter() - start:.0f} s")
+        if step % 10 == 0 or step == cfg.steps:
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
     seconds = time.perf_counter() - start
     model.requires_grad_(False)
     model.eval()

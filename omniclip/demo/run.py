@@ -2,15 +2,17 @@
 
 1. pretrain a tiny CLIP on depth renderings + captions of every class of a synthetic world
    (cached in the output folder);
-2. train a Point-BERT + Perceiver lens into its frozen ViT on the seen classes only, with text
-   (caption) and image (own rendering) anchors, through the framework's `Trainer`;
+2. train a 3D lens (`ProjectionTokenizer`: points on the ViT's patch grid, one token per patch)
+   into its frozen ViT on the seen classes only, with text (caption) and image (own rendering)
+   anchors and its tokens anchored to the ViT's patch embeddings of the rendering, through the
+   framework's `Trainer`, for each of 3 held-out splits;
 3. classify clouds of all classes zero-shot against class-name prompts, seen and held-out classes
    reported apart, beside chance and two controls: the same lens into a random frozen ViT, and
    the same lens pooled straight to the embedding with no ViT;
-4. write ``results.json``, ``confusion.png`` and print the table.
+4. write ``results.json``, ``confusion.png``, print one table and the conclusion.
 
 ``--quick`` is a smoke test of the whole pipeline (tiny sizes, numbers mean nothing);
-``--study`` repeats step 2-3 over several held-out splits and prints a markdown table.
+``--study`` adds the data-efficiency curve (4, 16, 64 and all clouds per seen class; ``curve.png``).
 """
 
 from __future__ import annotations
@@ -32,17 +34,17 @@ from omniclip.demo.dataset import make_shape_set, shape_draw
 from omniclip.demo.experiment import (
     LensTrainConfig,
     embed_clouds,
-    markdown_table,
     plot_confusion,
     results_record,
 )
 from omniclip.demo.lens import VARIANTS, LensConfig, build_lens
 from omniclip.demo.world import PROMPT_TEMPLATES, WorldConfig
-from omniclip.evaluation import EvalResult, format_results_table
 
-#: Held-out class triples of the study (indices into the world's classes); the first is the default
-#: run's. Together they hold out nine of the ten classes once each.
+#: Held-out class triples of the default run (indices into the world's classes): together they
+#: hold out nine of the ten classes once each.
 SPLITS: tuple[tuple[int, ...], ...] = ((4, 6, 9), (1, 3, 8), (0, 2, 7))
+#: Training-set sizes (clouds per seen class) of ``--study``'s data-efficiency curve, beside the whole set.
+CURVE_SIZES: tuple[int, ...] = (4, 16, 64)
 
 
 @dataclass(frozen=True)
@@ -51,59 +53,37 @@ class DemoConfig:
 
     world: WorldConfig = field(default_factory=WorldConfig)
     clip: ClipPretrainConfig = field(default_factory=ClipPretrainConfig)
-    lens: LensConfig = field(default_factory=LensConfig)
-    train: LensTrainConfig = field(default_factory=LensTrainConfig)
+    lens: LensConfig = field(default_factory=lambda: LensConfig(tokenizer="projection"))
+    train: LensTrainConfig = field(default_factory=lambda: LensTrainConfig(patch_weight=1.0))
     train_per_class: int = 150
     test_per_class: int = 60
-    splits: tuple[tuple[int, ...], ...] = SPLITS[:1]
+    splits: tuple[tuple[int, ...], ...] = SPLITS
+    curve_sizes: tuple[int, ...] = ()
     variants: tuple[str, ...] = VARIANTS
     seed: int = 0
 
 
-def preset(name: str, seed: int = 0) -> DemoConfig:
-    """``quick`` (smoke test), ``default`` (one split, < 10 min on 2 cores) or ``study`` (all `SPLITS`)."""
+def preset(name: str, seed: int = 0, splits: Sequence[Sequence[int]] | None = None) -> DemoConfig:
+    """``quick`` (smoke test, one split), ``default`` (the 3 `SPLITS`, < 5 min on 2 cores) or ``study``
+    (the default plus the data-efficiency curve over `CURVE_SIZES`); ``splits`` replaces the held-out splits."""
     base = DemoConfig(seed=seed, clip=ClipPretrainConfig(seed=seed))
     quick = replace(
         base,
         world=replace(base.world, num_points=64, render_points=1024),
         clip=replace(base.clip, steps=4, batch_size=16, warmup_steps=1, eval_per_class=2),
-        lens=replace(base.lens, num_groups=8, group_size=8),
         train=replace(base.train, steps=2, batch_size=8, warmup_steps=1),
         train_per_class=2,
         test_per_class=2,
+        splits=SPLITS[:1],
     )
-    return experiment.pick_preset(name, base, quick, replace(base, splits=SPLITS))
+    cfg = experiment.pick_preset(name, base, quick, replace(base, curve_sizes=CURVE_SIZES))
+    if splits is not None:
+        cfg = replace(cfg, splits=tuple(tuple(s) for s in splits))
+    return cfg
 
 
-def run_split(cfg: DemoConfig, backbone: ClipBackbone, held_out: Sequence[int], out_dir: Path,
-              report: Callable[[str], None]) -> dict[str, Any]:
-    """Train every variant on the seen classes of one split and score all of them on all classes."""
-    classes = cfg.world.classes
-    seen = [c for c in range(len(classes)) if c not in held_out]
-    split_name = "-".join(classes[c] for c in held_out)
-    size = cfg.clip.image_size
-    train = make_shape_set(cfg.world, seen, cfg.train_per_class, cfg.seed * 1000 + 11, f"train-{split_name}", size)
-    test = make_shape_set(cfg.world, range(len(classes)), cfg.test_per_class, cfg.seed * 1000 + 12, "test", size)
-    return experiment.run_split(
-        backbone, classes, PROMPT_TEMPLATES, held_out, split_name, train, test, cfg.variants,
-        lambda variant: build_lens(variant, backbone, cfg.lens, cfg.seed), embed_clouds, cfg.train, out_dir,
-        cfg.seed, report,
-    )
-
-
-def results_table(results: dict[str, Any]) -> str:
-    """Per split and variant, through the framework's `format_results_table` (percent)."""
-    rows = []
-    for split in results["splits"]:
-        named = {**split["variants"], "image_tower": split["image_tower"]}
-        for variant, record in named.items():
-            cal, raw = record["calibrated"], record["raw"]
-            metrics = {"all": cal["all"], "seen": cal["seen"], "held_out": cal["held_out"],
-                       "held_out_raw": raw["held_out"], "held_out_3way": cal["held_out_among_held_out"]}
-            rows.append(EvalResult("zero_shot_classification", "held out: " + ",".join(split["held_out"]),
-                                   "pointcloud", variant, None, {k: 100 * v for k, v in metrics.items()},
-                                   sum(map(sum, raw["confusion"]))))
-    return format_results_table(rows)
+def split_name(classes: Sequence[str], held_out: Sequence[int]) -> str:
+    return "-".join(classes[c] for c in held_out)
 
 
 def pretrain_world_clip(world: WorldConfig, cfg: ClipPretrainConfig, out_dir: str | Path,
@@ -120,20 +100,33 @@ def run(cfg: DemoConfig, out_dir: str | Path, report: Callable[[str], None] = pr
     start, cpu_start = time.perf_counter(), time.process_time()
     backbone, clip_info = pretrain_world_clip(cfg.world, cfg.clip, out_dir, report)
     clip_seconds = time.perf_counter() - start
-    splits = []
-    for held_out in cfg.splits:
-        splits.append(run_split(cfg, backbone, held_out, out_dir, report))
-    results = results_record(cfg.world.classes, splits, cfg.variants, clip_info, {
+    classes, size = cfg.world.classes, cfg.clip.image_size
+    test = make_shape_set(cfg.world, range(len(classes)), cfg.test_per_class, cfg.seed * 1000 + 12, "test", size)
+
+    def make_train(held_out: Sequence[int]) -> Any:
+        seen = [c for c in range(len(classes)) if c not in held_out]
+        return make_shape_set(cfg.world, seen, cfg.train_per_class, cfg.seed * 1000 + 11,
+                              f"train-{split_name(classes, held_out)}", size)
+
+    splits, curve = experiment.run_splits(
+        backbone, classes, PROMPT_TEMPLATES, cfg.splits, [split_name(classes, h) for h in cfg.splits], make_train,
+        test, cfg.variants, lambda variant: build_lens(variant, backbone, cfg.lens, cfg.seed), embed_clouds,
+        cfg.train, out_dir, cfg.seed, report, cfg.curve_sizes,
+        {"demo": "pointcloud", "backbone": cfg.clip.model, "clip": clip_info["hash"], "lens": asdict(cfg.lens)},
+    )
+    results = results_record(classes, splits, cfg.variants, clip_info, {
         "clip": round(clip_seconds, 1), "total": round(time.perf_counter() - start, 1),
         "cpu": round(time.process_time() - cpu_start, 1)}, asdict(cfg))
+    if curve:
+        results["curve"] = experiment.curve_summary(curve, cfg.variants)
+        results["curve_splits"] = {str(n): records for n, records in curve.items()}
+        experiment.plot_curve(results["curve"], cfg.variants, results["chance"]["held_out"], out_dir / "curve.png",
+                              "3D")
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    plot_confusion(splits[0], cfg.world.classes, cfg.variants, out_dir / "confusion.png", "3D")
+    plot_confusion(splits[0], classes, cfg.variants, out_dir / "confusion.png", "3D", "renderings")
     return results
 
 
-# Measured on a shared 2-core machine (load average ~4): lens training ran at 3 s/step with two
-# threads and 0.13 s/step with one; the tiny models' matmuls gain little from a second thread.
-THREADS_HELP = "torch CPU threads (default 1: the tiny models gain little from more, and lose a lot on a busy machine)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,29 +155,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return describe_demo.main(rest)
     parser = argparse.ArgumentParser(prog="omniclip-demo", description=__doc__.split("\n\n")[0].replace("``", ""),
                                      parents=[modality])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="smoke test of the pipeline (< 1 min; not evidence)")
-    mode.add_argument("--study", action="store_true", help=f"{len(SPLITS)} held-out splits, markdown table")
-    parser.add_argument("--out", default=None, help="output folder (the tiny CLIP is cached here; default "
-                        "omniclip-demo-out, or omniclip-demo-quick with --quick)")
-    parser.add_argument("--seed", type=int, default=0)
+    classes = WorldConfig().classes
+    experiment.add_demo_arguments(parser, classes, SPLITS, "omniclip-demo",
+                                  f"add the data-efficiency curve ({', '.join(map(str, CURVE_SIZES))} and all clouds "
+                                  "per seen class): curve.png and a table")
     parser.add_argument("--device", default="cpu", choices=["cpu"], help="the demo runs on CPU")
-    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     args = parser.parse_args(rest)
     torch.set_num_threads(args.threads)
-    cfg = preset("quick" if args.quick else "study" if args.study else "default", args.seed)
+    cfg = preset("quick" if args.quick else "study" if args.study else "default", args.seed, args.held_out)
     out = experiment.output_folder(args.out, "omniclip-demo", args.quick)
     if args.quick:
         print(experiment.SMOKE_TEST)
     results = run(cfg, out)
-    chance = results["chance"]
-    print(f"\nchance: {100 * chance['all']:.0f}% over all classes, "
-          f"{100 * chance['held_out_among_held_out']:.0f}% among the held-out classes (3-way)\n")
-    print(results_table(results))
-    print()
-    print(markdown_table(results, "renderings"))
-    print(f"\nwrote {out / 'results.json'} and {out / 'confusion.png'} in {results['seconds']['total']:.0f} s"
-          + (f"  ({experiment.SMOKE_TEST})" if args.quick else ""))
+    files = ["results.json", "confusion.png"] + (["curve.png"] if results.get("curve") else [])
+    experiment.print_report(results, "renderings", "3D", out, files, args.quick)
     return 0
 
 

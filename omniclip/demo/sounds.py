@@ -23,8 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from omniclip.modalities.audio.features import kaldi_fbank
+from omniclip.modalities.audio.features import fbank_picture, kaldi_fbank
 from torch import Tensor
 
 #: Class names, the first synonym of each entry being the name zero-shot prompts use.
@@ -310,10 +309,7 @@ def spectrogram_image(fbank: Tensor, size: int = 32) -> Tensor:
     """CLIP input [B, 3, S, S] in [-1, 1] from log-mel [B, frames, mel]: time left to right, high
     mel bands at the top, `IMAGE_LEVELS` mapped to black and white, area-pooled to S x S (grey,
     the same value in all three channels)."""
-    if fbank.dim() != 3:
-        raise ValueError(f"fbank must have shape [B, frames, mel], got {list(fbank.shape)}")
-    picture = fbank.transpose(1, 2).flip(1).unsqueeze(1)  # [B, 1, mel (high first), frames]
-    picture = F.adaptive_avg_pool2d(picture, size)
+    picture = fbank_picture(fbank, size)
     low, high = IMAGE_LEVELS
     grey = ((picture - low) / (high - low)).clamp(0.0, 1.0) * 2 - 1
     return grey.expand(-1, 3, -1, -1).contiguous()

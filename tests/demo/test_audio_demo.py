@@ -7,15 +7,17 @@ import torch
 from omniclip.demo.audio_demo import (
     SPLITS,
     VARIANTS,
-    _held_out,
     build_audio_lens,
     main,
     make_sound_set,
     preset,
     pretrain_sound_clip,
 )
+from dataclasses import replace
+
 from omniclip.demo.dataset import PairedDataset
-from omniclip.demo.lens import PooledHead
+from omniclip.demo.experiment import parse_held_out as _held_out
+from omniclip.demo.lens import PatchTokens, PooledHead
 from omniclip.demo.sounds import CLASS_NAMES, log_mel, spectrogram_image
 from omniclip.trunk import ViTTrunk
 from tests.demo.results import accuracies
@@ -62,8 +64,9 @@ def test_clip_weights_are_cached_and_reused(quick_run):
 
 
 def test_presets_and_held_out_option():
-    assert preset("default").splits == SPLITS[:1]
-    assert preset("study").splits == SPLITS
+    assert preset("default").splits == SPLITS[:3] and preset("default").curve_sizes == ()
+    assert preset("study").splits == SPLITS and preset("study").curve_sizes == (4, 16, 64)
+    assert preset("quick").splits == SPLITS[:1]
     assert preset("default", splits=[(0, 1)]).splits == ((0, 1),)
     assert _held_out("rumble, tone", CLASS_NAMES) == (8, 0)
     with pytest.raises(argparse.ArgumentTypeError, match=r"unknown classes \['meow'\]"):
@@ -90,7 +93,8 @@ def test_lens_variants_share_the_lens_and_differ_in_the_trunk(quick_run):
     cfg = preset("quick")
     backbone, _ = pretrain_sound_clip(cfg.sounds, cfg.clip, out, lambda _: None)
     waves = make_sound_set(cfg.sounds, [0, 9], 1, seed=1, name="x").inputs
-    models = {v: build_audio_lens(v, backbone, cfg.sounds, cfg.lens, seed=0) for v in VARIANTS}
+    fbank = replace(cfg.lens, tokenizer="fbank")
+    models = {v: build_audio_lens(v, backbone, cfg.sounds, fbank, seed=0) for v in VARIANTS}
     for variant, model in models.items():
         assert model.tokenizer.num_tokens == 8 * 12  # 64 mel x 96 frames in 8 x 8 patches
         assert model.lens.num_latents == 16  # the 4 x 4 patch grid of the 32 px ViT
@@ -100,6 +104,12 @@ def test_lens_variants_share_the_lens_and_differ_in_the_trunk(quick_run):
         trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
         assert trainable == ({"tokenizer", "lens", "trunk"} if variant == "no_vit" else {"tokenizer", "lens"})
     torch.testing.assert_close(models["vit"].lens.latents, models["no_vit"].lens.latents)
+    # The default grid tokenizer: one token per patch of the 4 x 4 grid, no Perceiver between.
+    grid = {v: build_audio_lens(v, backbone, cfg.sounds, cfg.lens, seed=0) for v in VARIANTS}
+    for model in grid.values():
+        assert model.tokenizer.num_tokens == 16 and isinstance(model.lens, PatchTokens)
+    for name, weight in grid["vit"].tokenizer.state_dict().items():
+        torch.testing.assert_close(grid["random_vit"].tokenizer.state_dict()[name], weight)
     assert isinstance(models["no_vit"].trunk, PooledHead) and isinstance(models["vit"].trunk, ViTTrunk)
     pretrained = backbone.visual.transformer.resblocks[0].mlp.c_fc.weight
     assert models["vit"].trunk.blocks[0].mlp.c_fc.weight is pretrained
