@@ -135,7 +135,7 @@ class AudioDemoConfig:
         steps=600, batch_size=128, lr=3e-3, weight_decay=0.1, warmup_steps=60, image_size=32, eval_per_class=40))
     lens: AudioLensConfig = field(default_factory=lambda: AudioLensConfig(tokenizer="grid"))
     train: LensTrainConfig = field(default_factory=lambda: LensTrainConfig(steps=400, warmup_steps=40,
-                                                                           patch_weight=10.0))
+                                                                           patch_weight=1.0, token_fit_steps=300))
     train_per_class: int = 200
     test_per_class: int = 60
     splits: tuple[tuple[int, ...], ...] = SPLITS[:3]
@@ -152,7 +152,7 @@ def preset(name: str, seed: int = 0, splits: Sequence[Sequence[int]] | None = No
     quick = replace(
         base,
         clip=replace(base.clip, steps=4, batch_size=16, warmup_steps=1, eval_per_class=2),
-        train=replace(base.train, steps=2, batch_size=8, warmup_steps=1),
+        train=replace(base.train, steps=2, batch_size=8, warmup_steps=1, token_fit_steps=2),
         train_per_class=2,
         test_per_class=2,
         splits=SPLITS[:1],

@@ -54,7 +54,7 @@ class DemoConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     clip: ClipPretrainConfig = field(default_factory=ClipPretrainConfig)
     lens: LensConfig = field(default_factory=lambda: LensConfig(tokenizer="projection"))
-    train: LensTrainConfig = field(default_factory=lambda: LensTrainConfig(patch_weight=1.0))
+    train: LensTrainConfig = field(default_factory=lambda: LensTrainConfig(patch_weight=1.0, token_fit_steps=300))
     train_per_class: int = 150
     test_per_class: int = 60
     splits: tuple[tuple[int, ...], ...] = SPLITS
@@ -71,7 +71,7 @@ def preset(name: str, seed: int = 0, splits: Sequence[Sequence[int]] | None = No
         base,
         world=replace(base.world, num_points=64, render_points=1024),
         clip=replace(base.clip, steps=4, batch_size=16, warmup_steps=1, eval_per_class=2),
-        train=replace(base.train, steps=2, batch_size=8, warmup_steps=1),
+        train=replace(base.train, steps=2, batch_size=8, warmup_steps=1, token_fit_steps=2),
         train_per_class=2,
         test_per_class=2,
         splits=SPLITS[:1],
