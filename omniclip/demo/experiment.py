@@ -60,7 +60,7 @@ def train_lens(model: LensModel, backbone: ClipBackbone, train: Dataset, cfg: Le
         image_weight=cfg.image_weight,
     )
     trainer_cfg = TrainerConfig(
-        max_steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+        max_steps=cfg.steps, batch_size=min(cfg.batch_size, len(train)), lr=cfg.lr, warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay, num_workers=0, seed=seed, checkpoint_every=cfg.steps, keep_last=1,
         log_every=max(cfg.steps // 10, 1), resume="never", tensorboard=False, progress_bar=True,
         progress_label=label,
@@ -135,7 +135,7 @@ def fit_tokens(model: LensModel, backbone: ClipBackbone, train: Dataset, cfg: Le
     after 400 steps: the trainer's gradient clipping lets the contrastive gradients crowd it out);
     alone it reaches 0.01 in 300 steps, on held-out classes too."""
     trainer_cfg = TrainerConfig(
-        max_steps=cfg.token_fit_steps, batch_size=cfg.batch_size, lr=cfg.token_fit_lr,
+        max_steps=cfg.token_fit_steps, batch_size=min(cfg.batch_size, len(train)), lr=cfg.token_fit_lr,
         warmup_steps=max(cfg.token_fit_steps // 10, 1), weight_decay=cfg.weight_decay, num_workers=0, seed=seed,
         checkpoint_every=cfg.token_fit_steps, keep_last=1, log_every=max(cfg.token_fit_steps // 10, 1),
         resume="never", tensorboard=False, progress_bar=True, progress_label=label,
