@@ -387,23 +387,14 @@ def markdown_table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _held_out_arg(text: str) -> tuple[int, ...]:
-    classes = WorldConfig().classes
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in classes]
-    if unknown or not names or len(names) >= len(classes):
-        raise argparse.ArgumentTypeError(f"--held-out {text!r}: give 1 to {len(classes) - 1} of {', '.join(classes)}"
-                                         + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
-    return tuple(classes.index(n) for n in names)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="omniclip-demo --describe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke test of the pipeline (seconds; not evidence; "
                         "writes to its own folder unless --out is given)")
     parser.add_argument("--out", default=None, help="output folder (the captioner is cached here; default "
                         "omniclip-describe-demo-out, or omniclip-describe-demo-quick with --quick)")
-    parser.add_argument("--held-out", type=_held_out_arg, default=None,
+    parser.add_argument("--held-out", type=lambda text: experiment.parse_held_out(text, WorldConfig().classes),
+                        default=None,
                         help=f"comma-separated held-out classes (default: {', '.join(WorldConfig().classes[c] for c in HELD_OUT)})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,

@@ -487,13 +487,16 @@ def _pyplot() -> Any:
 
 
 def plot_confusion(split: dict[str, Any], classes: Sequence[str], variants: Sequence[str], path: Path,
-                   task: str, images: str = "images") -> None:
-    """One calibrated confusion matrix (row-normalised) per variant and for the image tower on
-    ``images``, held-out classes starred, one shared colour bar; ``task`` titles the figure."""
+                   task: str, images: str | None = None, labels: dict[str, str] | None = None) -> None:
+    """One calibrated confusion matrix (row-normalised) per variant (titled by ``labels``, default
+    `VARIANT_LABELS`) and, when ``images`` names what it read, for the image tower; held-out classes
+    starred, one shared colour bar; ``task`` titles the figure."""
     plt = _pyplot()
+    labels = labels or VARIANT_LABELS
     names = [f"{c}*" if c in split["held_out"] else c for c in classes]
-    panels = [(VARIANT_LABELS.get(v, v), split["variants"][v]["calibrated"]) for v in variants]
-    panels.append((f"reference: image tower on {images}", split["image_tower"]["calibrated"]))
+    panels = [(labels.get(v, v), split["variants"][v]["calibrated"]) for v in variants]
+    if images is not None and "image_tower" in split:
+        panels.append((f"reference: image tower on {images}", split["image_tower"]["calibrated"]))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 0.8, 4.6), squeeze=False)
     image = None
     for ax, (title, result) in zip(axes[0], panels):

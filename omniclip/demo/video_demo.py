@@ -131,9 +131,10 @@ class VideoDemoConfig:
     seed: int = 0
 
 
-def preset(name: str, seed: int = 0, split: int | None = None) -> VideoDemoConfig:
+def preset(name: str, seed: int = 0, split: int | None = None,
+           held_out: Sequence[Sequence[tuple[int, int]]] | None = None) -> VideoDemoConfig:
     """``quick`` (smoke test), ``default`` (one split, ~5 min on 2 cores) or ``study`` (all `SPLITS`);
-    ``split`` picks one of `SPLITS` instead of the preset's."""
+    ``split`` picks one of `SPLITS` instead of the preset's, ``held_out`` gives the splits themselves."""
     base = VideoDemoConfig(seed=seed)
     base = replace(base, clip=replace(base.clip, seed=seed))
     quick = replace(
@@ -149,7 +150,24 @@ def preset(name: str, seed: int = 0, split: int | None = None) -> VideoDemoConfi
     cfg = pick_preset(name, base, quick, replace(base, splits=SPLITS))
     if split is not None:
         cfg = replace(cfg, splits=(SPLITS[split],))
+    if held_out is not None:
+        cfg = replace(cfg, splits=tuple(tuple(combos) for combos in held_out))
     return cfg
+
+
+def parse_held_out_combos(text: str, shapes: Sequence[str] = VideoWorldConfig().shapes) -> tuple[tuple[int, int], ...]:
+    """``--held-out`` value: comma-separated ``shape:axis`` pairs (``box:horizontal,cone:scale``) ->
+    (shape, axis) indices; every motion of those pairs is held out."""
+    combos = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        shape, _, axis = item.partition(":")
+        if shape not in shapes or axis not in AXES:
+            raise argparse.ArgumentTypeError(f"--held-out {item!r}: give shape:axis with a shape of "
+                                             f"{', '.join(shapes)} and an axis of {', '.join(AXES)}")
+        combos.append((shapes.index(shape), AXES.index(axis)))
+    if not combos or len(set(combos)) >= len(shapes) * len(AXES):
+        raise argparse.ArgumentTypeError(f"--held-out {text!r}: hold out at least one and not every shape:axis pair")
+    return tuple(combos)
 
 
 # --------------------------------------------------------------------------- data
@@ -483,7 +501,7 @@ def run(cfg: VideoDemoConfig, out_dir: str | Path, report: Callable[[str], None]
         "versions": versions(),
     }
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    plot_confusion(splits[0], classes, cfg.variants, out_dir / "confusion.png", "video")
+    plot_confusion(splits[0], classes, cfg.variants, out_dir / "confusion.png", "video", labels=VARIANT_LABELS)
     return results
 
 
@@ -525,15 +543,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="smoke test of the pipeline (< 1 min; not evidence)")
     mode.add_argument("--study", action="store_true", help=f"all {len(SPLITS)} held-out splits")
+    parser.add_argument("--held-out", type=parse_held_out_combos, action="append",
+                        help="comma-separated shape:axis pairs held out of training, e.g. box:horizontal,cone:scale "
+                             "(repeat for several splits; default: " + ", ".join(
+                                 f"{VideoWorldConfig().shapes[s]}:{AXES[a]}" for s, a in SPLITS[0]) + ")")
     parser.add_argument("--split", type=int, choices=range(len(SPLITS)), default=None,
-                        help="run one of the held-out splits (0 is the default run's; 1 is where settings were chosen)")
+                        help="run one of the built-in held-out splits (0 is the default run's; 1 is where settings "
+                             "were chosen)")
     parser.add_argument("--out", default=None, help="output folder (the tiny CLIP is cached here; default "
                         "omniclip-video-demo-out, or omniclip-video-demo-quick with --quick)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = preset("quick" if args.quick else "study" if args.study else "default", args.seed, args.split)
+    cfg = preset("quick" if args.quick else "study" if args.study else "default", args.seed, args.split, args.held_out)
     out = output_folder(args.out, "omniclip-video-demo", args.quick)
     if args.quick:
         print(SMOKE_TEST)

@@ -249,3 +249,16 @@ def test_motion_words_add_one_shared_vector_per_motion_and_shape():
     expected = F.normalize(F.normalize(features, dim=-1) + words.words[[1, 1, 6, 7]]
                            + words.shape_words[[0, 2, 1, 2]], dim=-1)
     torch.testing.assert_close(words(features, classes), expected)
+
+
+def test_held_out_option_names_shape_axis_pairs():
+    import argparse
+
+    from omniclip.demo.video_demo import parse_held_out_combos, preset
+
+    assert parse_held_out_combos("box:horizontal, torus:scale") == ((0, 0), (2, 3))
+    with pytest.raises(argparse.ArgumentTypeError, match="'ball:scale': give shape:axis with a shape of box, cone"):
+        parse_held_out_combos("ball:scale")
+    with pytest.raises(argparse.ArgumentTypeError, match="at least one and not every"):
+        parse_held_out_combos(" , ")
+    assert preset("default", held_out=[((1, 2),)]).splits == (((1, 2),),)
