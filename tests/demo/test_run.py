@@ -90,3 +90,32 @@ def test_a_quick_run_never_writes_where_the_full_run_does(monkeypatch, tmp_path,
     with pytest.raises(SystemExit, match=f"^{folder}-quick$"):
         main([*flags, "--quick"])
     assert capsys.readouterr().out.startswith(experiment.SMOKE_TEST)
+
+
+def test_each_trained_lens_is_exported_with_its_config_and_reloads(quick_run):
+    from omniclip.demo.dataset import make_shape_set
+    from omniclip.demo.experiment import embed
+    from omniclip.demo.lens import LensConfig, build_lens
+
+    out, results = quick_run
+    split = results["splits"][0]
+    folder = out / f"lens-{'-'.join(split['held_out'])}-{split['train_per_class']}pc-vit" / "lens"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["variant"] == "vit" and config["held_out"] == split["held_out"]
+    assert config["lens"]["tokenizer"] == "projection" and config["clip"] == results["clip"]["hash"]
+    cfg = preset("quick")
+    backbone, _ = pretrain_world_clip(cfg.world, cfg.clip, out, lambda _: None)
+    model = build_lens("vit", backbone, LensConfig(**config["lens"]), seed=99)  # other weights until loaded
+    model.load_lens(folder)
+    clouds = make_shape_set(cfg.world, range(10), 1, seed=5, name="probe")
+    fresh = build_lens("vit", backbone, LensConfig(**config["lens"]), seed=99)
+    assert not torch.allclose(embed(fresh, clouds), embed(model, clouds))
+    # the token fit ran first and is on record
+    assert split["token_fit"]["final_mismatch"] > 0
+
+
+def test_quick_run_prints_one_table_the_calibration_and_a_conclusion(tmp_path, capsys):
+    assert main(["--quick", "--out", str(tmp_path), "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("| chance |") == 1 and "calibrated: the held-out classes' scores get one bonus" in text
+    assert "(smoke test, so no conclusion) On held-out classes the 3D lens" in text
