@@ -250,10 +250,12 @@ class ViTTrunk(nn.Module):
         x = torch.cat([cls, tokens], dim=1) + pos.to(tokens.dtype)
         return self.ln_pre(self._into(self.ln_pre, x))
 
-    def forward_features(self, tokens: torch.Tensor, **hook_kwargs: Any) -> torch.Tensor:
-        """Token sequence [B, L, D] -> block outputs [B, 1+L, D] (before pooling and ln_post)."""
+    def forward_features(self, tokens: torch.Tensor, depth: int | None = None, **hook_kwargs: Any) -> torch.Tensor:
+        """Token sequence [B, L, D] -> block outputs [B, 1+L, D] (before pooling and ln_post);
+        ``depth`` stops after that many blocks (0: the embedded tokens; None: all)."""
         x = self.embed_tokens(tokens)
-        for index, block in enumerate(self.blocks):
+        blocks = self.blocks if depth is None else self.blocks[:depth]
+        for index, block in enumerate(blocks):
             hook = self.block_hooks[str(index)] if str(index) in self.block_hooks else None
             if hook is not None:
                 x = hook(self._into(hook, x), **hook_kwargs)

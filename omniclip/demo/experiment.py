@@ -40,6 +40,7 @@ class LensTrainConfig:
     # ViT's patch embeddings of the images, once per training set; every variant starts from it.
     token_fit_steps: int = 0
     token_fit_lr: float = 3e-3
+    token_fit_depth: int = 0  # judge the fit after this many of the pretrained ViT's blocks (0: the patch embeddings)
 
 
 def pick_preset(name: str, base: Any, quick: Any, study: Any) -> Any:
@@ -112,15 +113,24 @@ class _Tokens(nn.Module):
 
 class PatchEmbeddingFit(nn.Module):
     """`fit_tokens`' objective: mean squared error of the tokens against ``teacher``'s patch
-    embeddings of each sample's image, divided by the targets' mean square."""
+    embeddings of each sample's image, divided by the targets' mean square; with ``depth`` > 0 both
+    are first carried through the teacher's first ``depth`` blocks (class token and positions
+    added), so the fit is judged by what those blocks make of the tokens."""
 
-    def __init__(self, teacher: ViTTrunk) -> None:
+    def __init__(self, teacher: ViTTrunk, depth: int = 0) -> None:
         super().__init__()
+        if not 0 <= depth <= len(teacher.blocks):
+            raise ValueError(f"token fit depth {depth} is not in 0..{len(teacher.blocks)} (the teacher's blocks)")
         self.teacher = teacher
+        self.depth = depth
 
     def forward(self, tokens: Tensor, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         with torch.no_grad():
             target = self.teacher.patch_embed(batch["images"].to(tokens.device))
+            if self.depth:
+                target = self.teacher.forward_features(target, depth=self.depth)
+        if self.depth:
+            tokens = self.teacher.forward_features(tokens, depth=self.depth)
         mismatch = (tokens - target).pow(2).mean() / target.pow(2).mean()
         return mismatch, {"patch": mismatch.item()}
 
@@ -141,8 +151,8 @@ def fit_tokens(model: LensModel, backbone: ClipBackbone, train: Dataset, cfg: Le
         resume="never", tensorboard=False, progress_bar=True, progress_label=label,
     )
     tokens = _Tokens(model)
-    trainer = Trainer(trainer_cfg, tokens, PatchEmbeddingFit(ViTTrunk(backbone.visual)), train, default_collate,
-                      out_dir)
+    objective = PatchEmbeddingFit(ViTTrunk(backbone.visual), cfg.token_fit_depth)
+    trainer = Trainer(trainer_cfg, tokens, objective, train, default_collate, out_dir)
     start = time.perf_counter()
     result = trainer.fit()
     tail = result.losses[-max(len(result.losses) // 10, 1):]

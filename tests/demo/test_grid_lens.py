@@ -147,3 +147,28 @@ def test_curve_table_lists_each_size():
     table = curve_table(points, ("vit", "random_vit", "no_vit")).splitlines()
     assert table[2].startswith("| 4 | 0.30 ± 0.00 / 0.30 ± 0.00 | 0.20 ± 0.00 / 0.20 ± 0.00 |")
     assert table[3].endswith("| +0.10 ± 0.00 |")
+
+
+def test_token_fit_objective_at_depth_compares_after_the_teachers_first_blocks(backbone):
+    from omniclip.demo.experiment import PatchEmbeddingFit
+
+    teacher = ViTTrunk(backbone.visual)
+    torch.manual_seed(0)
+    tokens, images = torch.randn(2, 16, 128), torch.rand(2, 3, 32, 32) * 2 - 1
+    batch = {"images": images}
+    target = teacher.patch_embed(images)
+    flat, _ = PatchEmbeddingFit(teacher, 0)(tokens, batch)
+    torch.testing.assert_close(flat, ((tokens - target) ** 2).mean() / (target**2).mean())
+    # by hand through block 0 of the open_clip tower: class token, positions, ln_pre, one block
+    visual = backbone.visual
+
+    def first_block(x):
+        x = torch.cat([visual.class_embedding.expand(2, 1, -1), x], dim=1) + visual.positional_embedding
+        return visual.transformer.resblocks[0](visual.ln_pre(x))
+
+    deep, _ = PatchEmbeddingFit(teacher, 1)(tokens, batch)
+    a, b = first_block(tokens), first_block(target)
+    torch.testing.assert_close(deep, ((a - b) ** 2).mean() / (b**2).mean())
+    torch.testing.assert_close(teacher.forward_features(tokens, depth=len(teacher.blocks)), teacher.forward_features(tokens))
+    with pytest.raises(ValueError, match="token fit depth 9 is not in 0..4"):
+        PatchEmbeddingFit(teacher, 9)
