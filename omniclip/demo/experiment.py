@@ -421,7 +421,7 @@ def print_report(results: dict[str, Any], images: str, modality: str, out: Path,
         print()
         print(curve_table(results["curve"], results["variants"]))
     print()
-    print(("(smoke test, so no conclusion) " if quick else "") + conclusion(results, modality))
+    print("No conclusion: this is a smoke test." if quick else conclusion(results, modality))
     print(f"\nwrote {', '.join(str(out / f) for f in files)} in {results['seconds']['total']:.0f} s"
           + (f"  ({SMOKE_TEST})" if quick else ""))
 

@@ -118,4 +118,4 @@ def test_quick_run_prints_one_table_the_calibration_and_a_conclusion(tmp_path, c
     assert main(["--quick", "--out", str(tmp_path), "--threads", "1"]) == 0
     text = capsys.readouterr().out
     assert text.count("| chance |") == 1 and "calibrated: the held-out classes' scores get one bonus" in text
-    assert "(smoke test, so no conclusion) On held-out classes the 3D lens" in text
+    assert "No conclusion: this is a smoke test." in text and "On held-out classes" not in text
