@@ -2,18 +2,19 @@
 
 1. pretrain a tiny CLIP on spectrogram images + captions of every synthetic sound class
    (`omniclip.demo.sounds`; cached in the output folder);
-2. train an audio lens (the modality's `AudioTokenizer`, which computes the Kaldi fbank of the
-   waveforms itself, + a Perceiver whose latents are the ViT's patch positions) into the frozen
-   ViT on the seen classes only, with text (caption) and image (the clip's own spectrogram)
-   anchors, through the framework's `Trainer`;
+2. train an audio lens into the frozen ViT on the seen classes only, for each of 3 held-out
+   splits: the modality's `AudioGridTokenizer` (the Kaldi fbank of the waveform, laid out as the
+   spectrogram pictures are, one token per ViT patch) is first fitted to the ViT's patch
+   embeddings of each clip's spectrogram, then trained through the framework's `Trainer` with text
+   (caption) and image (the clip's own spectrogram) anchors; ``--study`` repeats it on 4, 16 and
+   64 clips per seen class (the data-efficiency curve);
 3. classify clips of all classes zero-shot against class-name prompts, seen and held-out classes
    reported apart, beside chance, the image tower on the clips' spectrograms (what a perfect lens
-   would reach), and two controls: the same lens into a random frozen ViT, and the same lens
-   pooled straight to the embedding with no ViT;
-4. write ``results.json``, ``confusion.png`` and print the table.
+   would reach), and two controls with the same tokenizer, fit and losses: the lens into a random
+   frozen ViT, and the lens pooled straight to the embedding with no ViT;
+4. write ``results.json``, ``confusion.png`` (and ``curve.png``), print one table and the conclusion.
 
-``--quick`` is a smoke test of the whole pipeline (tiny sizes, numbers mean nothing);
-``--study`` repeats steps 2-3 over several held-out splits.
+``--quick`` is a smoke test of the whole pipeline (tiny sizes, numbers mean nothing).
 """
 
 from __future__ import annotations
