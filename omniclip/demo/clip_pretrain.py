@@ -96,7 +96,7 @@ def pretrain_clip(name: str, classes: Sequence[str], prompts: Sequence[str], dra
     start = time.perf_counter()
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(1, cfg.steps + 1), desc=f"{name} pretraining", dynamic_ncols=True)
+    bar = tqdm(range(1, cfg.steps + 1), desc="tiny CLIP pretraining", dynamic_ncols=True)
     for step in bar:
         labels = torch.randint(len(classes), (cfg.batch_size,), generator=generator)
         _, images, captions = draw(labels, generator)
