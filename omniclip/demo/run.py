@@ -54,7 +54,10 @@ class DemoConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     clip: ClipPretrainConfig = field(default_factory=ClipPretrainConfig)
     lens: LensConfig = field(default_factory=lambda: LensConfig(tokenizer="projection"))
-    train: LensTrainConfig = field(default_factory=lambda: LensTrainConfig(patch_weight=1.0, token_fit_steps=300))
+    # 200 steps: 300 gave held-out 0.61 against 0.59 and the same lead over the controls (+0.27 vs +0.26 on the 3 splits); the
+    # default run must stay under 5 minutes on 2 cores.
+    train: LensTrainConfig = field(default_factory=lambda: LensTrainConfig(
+        steps=200, warmup_steps=20, patch_weight=1.0, token_fit_steps=300))
     train_per_class: int = 150
     test_per_class: int = 60
     splits: tuple[tuple[int, ...], ...] = SPLITS
