@@ -1,24 +1,29 @@
 """Batched point-cloud primitives (CPU and CUDA).
 
 Every function takes a batch ``[B, N, ...]`` and works on the whole batch at once. Farthest point
-sampling, sequential by nature, has three backends that return the same indices:
+sampling, sequential by nature, has four backends that return the same indices:
 
 - ``"torch"``: the reference, a batched loop with one Python iteration per centre (any device);
+- ``"numba"``: exact FPS pruned by spatial blocks (``fps_cpu.py``): only points near a new centre
+  are updated; clouds in parallel on torch's thread count (CPU, float32; ``pointcloud`` extra);
 - ``"fpsample"``: the compiled `fpsample <https://pypi.org/project/fpsample/>`_ library, one cloud
-  at a time (CPU, float32 distances; the ``pointcloud`` extra installs it);
+  at a time, every point for every centre (CPU, float32; the ``pointcloud`` extra installs it);
 - ``"triton"``: one Triton kernel launch for all centres (CUDA; see ``kernels.py``).
 
 ``farthest_point_sample(..., backend="auto")`` picks Triton for CUDA tensors. On CPU it picks
-fpsample for up to `FPSAMPLE_MAX_BATCH` clouds (or any batch when torch runs one thread), the
-torch loop for larger batches; it falls back to the torch loop when the library is missing, fails
-its self-check, or cannot reproduce the reference for the given input; :func:`fps_backend` says
-which one runs.
+numba (8 clouds of 8192 -> 512: ~20-100x the reference algorithm, see BENCHMARKS.md); without
+numba, fpsample for up to `FPSAMPLE_MAX_BATCH` clouds (or any batch when torch runs one thread)
+and the torch loop for larger batches. A compiled backend is skipped when it is missing, fails its
+self-check, or cannot reproduce the reference for the given input (then the torch loop runs);
+:func:`fps_backend` says which one runs.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
+import threading
 from typing import Literal
 
 import numpy as np
@@ -30,13 +35,15 @@ log = logging.getLogger(__name__)
 # Running-minimum start value of the reference implementations (Point-BERT, PointNet++).
 _FAR = 1e10
 
+#: Used only where numba is missing (numba beats both at every batch size).
 #: fpsample runs one cloud after another on one core (13 ms per 8192 -> 512 cloud here); the torch
 #: loop pays ~27 ms of per-centre op overhead once for the whole batch and shares the rest across
 #: torch's threads. Measured on the quiet 2-core machine (ms, torch loop / fpsample): batch 1 38 / 13,
 #: 2 48 / 26, 4 68 / 52, 8 77 / 102 with two threads; with one thread fpsample wins up to 8 (114 / 103).
 FPSAMPLE_MAX_BATCH = 4
 
-FpsBackend = Literal["auto", "torch", "fpsample", "triton"]
+FpsBackend = Literal["auto", "torch", "numba", "fpsample", "triton"]
+_COMPILED_CPU = ("numba", "fpsample")
 
 
 def _check_cloud(name: str, xyz: Tensor) -> None:
@@ -101,6 +108,8 @@ def farthest_point_sample(
         from omniclip.modalities.pointcloud.kernels import fps_triton
 
         return fps_triton(planes, start, npoint)
+    if chosen == "numba":
+        return _numba_fps()(planes, start, npoint)
     if chosen == "fpsample":
         return _fps_fpsample(_fpsample_module(), planes, start, npoint)
     return _fps_torch(planes, start, npoint)
@@ -110,14 +119,16 @@ def fps_backend(device: torch.device | str = "cpu", dtype: torch.dtype = torch.f
     """The backend ``farthest_point_sample(backend="auto")`` uses for ``batch`` clouds of this device
     and dtype.
 
-    "fpsample" on CPU also needs finite coordinates spanning less than sqrt(5e9) (~7e4) units per
-    cloud; other clouds take the torch loop, call by call.
+    "numba" and "fpsample" on CPU also need finite coordinates spanning less than sqrt(5e9) (~7e4)
+    units per cloud; other clouds take the torch loop, call by call.
     """
     device = torch.device(device)
     if device.type == "cuda":
         return "triton" if _triton_available() else "torch"
-    if device.type == "cpu" and dtype != torch.float64 and _fpsample_module() is not None:
-        if batch <= FPSAMPLE_MAX_BATCH or torch.get_num_threads() == 1:
+    if device.type == "cpu" and dtype != torch.float64:
+        if _numba_fps() is not None:
+            return "numba"
+        if _fpsample_module() is not None and (batch <= FPSAMPLE_MAX_BATCH or torch.get_num_threads() == 1):
             return "fpsample"
     return "torch"
 
@@ -125,19 +136,22 @@ def fps_backend(device: torch.device | str = "cpu", dtype: torch.dtype = torch.f
 def _choose_backend(backend: FpsBackend, planes: Tensor) -> str:
     if backend == "auto":
         chosen = fps_backend(planes.device, planes.dtype, planes.shape[1])
-        if chosen == "fpsample" and not _fpsample_can_reproduce(planes):
+        if chosen in _COMPILED_CPU and not _float32_can_reproduce(planes):
             chosen = "torch"
         return chosen
     if backend == "torch":
         return backend
-    if backend == "fpsample":
+    if backend in _COMPILED_CPU:
         if planes.device.type != "cpu" or planes.dtype != torch.float32:
-            raise ValueError("backend='fpsample' needs a CPU tensor with float32 distances (not float64)")
-        if _fpsample_module() is None:
-            raise RuntimeError("backend='fpsample' asked for, but fpsample is not importable (pip install fpsample)")
-        if not _fpsample_can_reproduce(planes):
+            raise ValueError(f"backend={backend!r} needs a CPU tensor with float32 distances (not float64)")
+        if (_numba_fps() if backend == "numba" else _fpsample_module()) is None:
+            raise RuntimeError(
+                f"backend={backend!r} asked for, but {backend} is not importable or failed its self-check "
+                f"(pip install {backend}; the log says which)"
+            )
+        if not _float32_can_reproduce(planes):
             raise ValueError(
-                "backend='fpsample' cannot reproduce the reference for non-finite coordinates or clouds "
+                f"backend={backend!r} cannot reproduce the reference for non-finite coordinates or clouds "
                 "whose squared extent reaches the 1e10 running-minimum start"
             )
         return backend
@@ -145,7 +159,7 @@ def _choose_backend(backend: FpsBackend, planes: Tensor) -> str:
         if not _triton_available():
             raise RuntimeError("backend='triton' asked for, but triton is not importable")
         return backend
-    raise ValueError(f"backend must be one of auto, torch, fpsample, triton; got {backend!r}")
+    raise ValueError(f"backend must be one of auto, torch, numba, fpsample, triton; got {backend!r}")
 
 
 def _fps_torch(planes: Tensor, start: Tensor, npoint: int) -> Tensor:
@@ -185,7 +199,7 @@ def _fps_fpsample(fpsample, planes: Tensor, start: Tensor, npoint: int) -> Tenso
     keeps the first; reversing the points turns one rule into the other, and every point's running
     minimum is computed from its own coordinates only, so nothing else changes. Its running
     minimum starts at +inf rather than 1e10, which agrees while every squared distance is below
-    1e10 (``_fpsample_can_reproduce``). ``fpsample`` is the module (the self-check runs this
+    1e10 (``_float32_can_reproduce``). ``fpsample`` is the module (the self-check runs this
     before the module is accepted).
     """
     _, batch, num_points = planes.shape
@@ -198,7 +212,10 @@ def _fps_fpsample(fpsample, planes: Tensor, start: Tensor, npoint: int) -> Tenso
     return torch.from_numpy(last - out)
 
 
-def _fpsample_can_reproduce(planes: Tensor) -> bool:
+def _float32_can_reproduce(planes: Tensor) -> bool:
+    """Whether the compiled CPU backends give the reference's indices for ``planes``: finite
+    coordinates (numba orders running minima by their bit patterns, which NaN breaks) and no
+    squared distance near the 1e10 start (fpsample starts at +inf instead)."""
     # amin/amax propagate NaN and inf turns the span into inf or NaN, so one finiteness test of
     # the squared span covers non-finite coordinates too. Half of 1e10 leaves room for rounding.
     span = (planes.amax(dim=2) - planes.amin(dim=2)).double().square().sum(dim=0)
@@ -224,7 +241,7 @@ def _fpsample_module():  # -> module | None
     except ImportError as err:
         log.info("farthest_point_sample on CPU: fpsample is not importable (%s); using the torch loop", err)
         return None
-    problem = _fpsample_self_check(fpsample)
+    problem = _self_check(functools.partial(_fps_fpsample, fpsample))
     if problem:
         log.warning("farthest_point_sample on CPU: fpsample %s %s; using the torch loop", fpsample.__version__, problem)
         return None
@@ -242,26 +259,63 @@ ROUNDING_PROBE = (
 )
 
 
-def _fpsample_self_check(fpsample) -> str:
-    """Compare fpsample (through ``_fps_fpsample``) with the torch loop on clouds made to expose
-    differences: a fused-multiply-add probe, a lattice full of exact ties, duplicated points.
-    Returns what differs, or "" when all agree."""
+def _self_check(fps) -> str:
+    """Compare a compiled backend ``fps(planes, start, npoint)`` with the torch loop on clouds made
+    to expose differences: a fused-multiply-add probe, a lattice full of exact ties, duplicated
+    points, a dense cluster with far outliers (most blocks skipped by numba's pruning). Returns
+    what differs, or "" when all agree."""
     # Explicit CPU tensors: the first call may come under a `with torch.device("cuda"):` block.
     cpu = torch.device("cpu")
     probe = torch.tensor([ROUNDING_PROBE], device=cpu)
     axis = torch.arange(4.0, device=cpu)
     lattice = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(1, 64, 3)
-    duplicated = torch.rand(1, 20, 3, generator=torch.Generator().manual_seed(0), device=cpu).repeat(1, 3, 1)
-    cases = [(probe, 3, 0), (lattice, 64, 21), (duplicated, 60, 7)]
+    gen = torch.Generator().manual_seed(0)
+    duplicated = torch.rand(1, 20, 3, generator=gen, device=cpu).repeat(1, 3, 1)
+    cluster = torch.cat([torch.rand(1, 500, 3, generator=gen, device=cpu) * 1e-3, lattice * 10], dim=1)
+    cases = [(probe, 3, 0), (lattice, 64, 21), (duplicated, 60, 7), (cluster, 200, 3)]
     try:
         for cloud, npoint, first in cases:
             planes = cloud.permute(2, 0, 1).contiguous()
             start = torch.tensor([first], device=cpu)
-            if not torch.equal(_fps_fpsample(fpsample, planes, start, npoint), _fps_torch(planes, start, npoint)):
+            if not torch.equal(fps(planes, start, npoint), _fps_torch(planes, start, npoint)):
                 return f"gives other indices than the reference on a {cloud.shape[1]}-point check cloud"
     except Exception as err:  # an incompatible version: any failure means "do not use it"
         return f"failed its self-check ({type(err).__name__}: {err})"
     return ""
+
+
+# numba's workqueue threading layer (the one left where neither TBB nor OpenMP loads) aborts the
+# process on concurrent parallel launches: one call at a time.
+_NUMBA_LOCK = threading.Lock()
+
+
+@functools.cache
+def _numba_fps():  # -> Callable[[Tensor, Tensor, int], Tensor] | None
+    """The numba backend ``fps(planes, start, npoint)`` if numba imports and the backend passes the
+    self-check (which compiles it, or loads it from numba's cache), else None; logged once."""
+    try:  # import_module, not "from ... import": it re-imports when the module left sys.modules
+        fps_cpu = importlib.import_module("omniclip.modalities.pointcloud.fps_cpu")
+    except Exception as err:  # ImportError, or numba finding no writable cache directory
+        log.info("farthest_point_sample on CPU: numba is not importable (%s: %s); falling back to fpsample or "
+                 "the torch loop", type(err).__name__, err)
+        return None
+    import numba
+
+    def fps(planes: Tensor, start: Tensor, npoint: int) -> Tensor:
+        # Clouds run one per thread, on as many threads as torch may use (set_num_threads applies
+        # to launches from this thread only).
+        with _NUMBA_LOCK:
+            numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+            out = fps_cpu.fps_clouds(planes.numpy(), start.contiguous().numpy(), npoint, fps_cpu.BLOCK, fps_cpu.MARGIN)
+        return torch.from_numpy(out)
+
+    problem = _self_check(fps)
+    if problem:
+        log.warning("farthest_point_sample on CPU: numba %s %s; falling back to fpsample or the torch loop",
+                    numba.__version__, problem)
+        return None
+    log.info("farthest_point_sample on CPU: numba %s (pruned exact FPS, %s)", numba.__version__, fps_cpu.__name__)
+    return fps
 
 
 def _pairwise_distance(query: Tensor, points: Tensor) -> Tensor:
