@@ -1,6 +1,8 @@
 """Benchmark the point-cloud ops: FPS backends against the reference algorithm, kNN, tokenizers.
 
     python tools/bench_pointcloud.py                 # CPU, 8 x 8192 points -> 512 centres
+    python tools/bench_pointcloud.py --fps-only      # the FPS tables only (batch --batch and 1)
+    python tools/bench_pointcloud.py --fps-only --points 1024   # dense sampling: little to prune
     python tools/bench_pointcloud.py --device cuda   # adds the Triton kernel
 
 Every implementation is first checked to pick exactly the reference's centres, then all are timed
@@ -11,7 +13,9 @@ on a shared machine. The ratio column is "x faster than the reference algorithm"
 - "per-sample loop": one cloud at a time with a masked running-minimum update (how the ViT-Lens
   datasets run FPS, there in numpy);
 - "torch loop": ours, backend="torch" (one [B, N] plane per coordinate, buffers reused);
-- "fpsample": backend="fpsample", what backend="auto" runs on CPU;
+- "numba (pruned)": backend="numba", what backend="auto" runs on CPU (exact FPS that updates only
+  the blocks of points near each new centre, clouds in parallel);
+- "fpsample": backend="fpsample", what backend="auto" runs on CPU without numba;
 - "triton": backend="triton", what backend="auto" runs on CUDA (one launch for all centres).
 """
 
@@ -68,8 +72,14 @@ def fps_times(xyz: torch.Tensor, npoint: int, start: torch.Tensor, repeats: int,
     if per_sample:
         fns["per-sample loop"] = lambda: per_sample_loop_fps(xyz, npoint, start)
     fns["torch loop (ours)"] = lambda: farthest_point_sample(xyz, npoint, start, backend="torch")
-    if device.type == "cpu" and fps_backend("cpu") == "fpsample":
-        fns["fpsample"] = lambda: farthest_point_sample(xyz, npoint, start, backend="fpsample")
+    if device.type == "cpu":
+        for name, backend in [("numba (pruned)", "numba"), ("fpsample", "fpsample")]:
+            try:
+                farthest_point_sample(xyz[:, :npoint], 1, start.clamp(max=npoint - 1), backend=backend)
+            except RuntimeError as err:  # not installed, or failed its self-check
+                print(f"({name} skipped: {err})")
+                continue
+            fns[name] = lambda backend=backend: farthest_point_sample(xyz, npoint, start, backend=backend)
     if device.type == "cuda" and fps_backend("cuda") == "triton":
         fns["triton kernel"] = lambda: farthest_point_sample(xyz, npoint, start, backend="triton")
     for name, fn in fns.items():
@@ -122,7 +132,14 @@ def main() -> None:
     parser.add_argument("--centres", type=int, default=512)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (the numba backend follows it); default: torch's own")
+    parser.add_argument("--fps-only", action="store_true", help="only the two FPS tables (no kNN, no tokenizers)")
+    parser.add_argument("--no-per-sample", action="store_true",
+                        help="leave out the per-sample loop (the slowest row) from the batched table")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but CUDA is not available")
@@ -130,9 +147,11 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     xyz = torch.rand(args.batch, args.points, 3, generator=gen).to(device)
     start = torch.randint(0, args.points, (args.batch,), generator=gen)
-    fps_table(xyz, args.centres, start, args.repeats, per_sample=True)
+    fps_table(xyz, args.centres, start, args.repeats, per_sample=not args.no_per_sample)
     # The datasets' path: one cloud at a time (resampling a file to the recipe's point count).
     fps_table(xyz[:1], args.centres, start[:1], args.repeats, per_sample=False)
+    if args.fps_only:
+        return
 
     best = knn_times(xyz, args.centres, start, args.k, args.repeats)
     print(f"kNN {args.centres} centres x {args.points} points, k {args.k}, batch {args.batch}, {device}")

@@ -195,3 +195,14 @@ def fps_clouds(planes, start, npoint, block, margin):
     for b in prange(batch):
         fps_cloud(planes[0, b], planes[1, b], planes[2, b], start[b], npoint, block, margin, out[b])
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def fps_clouds_serial(planes, start, npoint, block, margin):
+    """`fps_clouds` on the calling thread only: for one cloud or one thread, where waking the
+    thread pool (and waiting for a busy core to join it) costs more than it can save."""
+    batch = planes.shape[1]
+    out = np.empty((batch, npoint), dtype=np.int64)
+    for b in range(batch):
+        fps_cloud(planes[0, b], planes[1, b], planes[2, b], start[b], npoint, block, margin, out[b])
+    return out

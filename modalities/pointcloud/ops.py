@@ -262,8 +262,8 @@ ROUNDING_PROBE = (
 def _self_check(fps) -> str:
     """Compare a compiled backend ``fps(planes, start, npoint)`` with the torch loop on clouds made
     to expose differences: a fused-multiply-add probe, a lattice full of exact ties, duplicated
-    points, a dense cluster with far outliers (most blocks skipped by numba's pruning). Returns
-    what differs, or "" when all agree."""
+    points, a dense cluster with far outliers (most blocks skipped by numba's pruning), and one
+    batch of two clouds. Returns what differs, or "" when all agree."""
     # Explicit CPU tensors: the first call may come under a `with torch.device("cuda"):` block.
     cpu = torch.device("cpu")
     probe = torch.tensor([ROUNDING_PROBE], device=cpu)
@@ -273,10 +273,12 @@ def _self_check(fps) -> str:
     duplicated = torch.rand(1, 20, 3, generator=gen, device=cpu).repeat(1, 3, 1)
     cluster = torch.cat([torch.rand(1, 500, 3, generator=gen, device=cpu) * 1e-3, lattice * 10], dim=1)
     cases = [(probe, 3, 0), (lattice, 64, 21), (duplicated, 60, 7), (cluster, 200, 3)]
+    # Two clouds at once: numba runs batches on its thread pool, a second compiled function.
+    cases.append((torch.cat([lattice, lattice.flip(1)]), 40, 5))
     try:
         for cloud, npoint, first in cases:
             planes = cloud.permute(2, 0, 1).contiguous()
-            start = torch.tensor([first], device=cpu)
+            start = torch.full((cloud.shape[0],), first, device=cpu)
             if not torch.equal(fps(planes, start, npoint), _fps_torch(planes, start, npoint)):
                 return f"gives other indices than the reference on a {cloud.shape[1]}-point check cloud"
     except Exception as err:  # an incompatible version: any failure means "do not use it"
@@ -303,11 +305,14 @@ def _numba_fps():  # -> Callable[[Tensor, Tensor, int], Tensor] | None
 
     def fps(planes: Tensor, start: Tensor, npoint: int) -> Tensor:
         # Clouds run one per thread, on as many threads as torch may use (set_num_threads applies
-        # to launches from this thread only).
+        # to launches from this thread only); one cloud or one thread skips the thread pool.
+        threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, planes.shape[1])
+        args = (planes.numpy(), start.contiguous().numpy(), npoint, fps_cpu.BLOCK, fps_cpu.MARGIN)
+        if threads <= 1:
+            return torch.from_numpy(fps_cpu.fps_clouds_serial(*args))
         with _NUMBA_LOCK:
-            numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-            out = fps_cpu.fps_clouds(planes.numpy(), start.contiguous().numpy(), npoint, fps_cpu.BLOCK, fps_cpu.MARGIN)
-        return torch.from_numpy(out)
+            numba.set_num_threads(threads)
+            return torch.from_numpy(fps_cpu.fps_clouds(*args))
 
     problem = _self_check(fps)
     if problem:
