@@ -200,7 +200,7 @@ def test_cli_help_and_presets(capsys):
         assert "omniclip-demo --describe" in text and "--quick" in text and "--held-out" in text
     with pytest.raises(SystemExit):
         demo_main(["--describe", "--held-out", "zebra"])
-    assert "unknown: zebra" in capsys.readouterr().err
+    assert "unknown classes ['zebra'] (known: box, sphere" in capsys.readouterr().err
     assert preset("quick").test_per_class < preset("default").test_per_class
     with pytest.raises(ValueError, match="unknown preset `study`"):
         preset("study")
