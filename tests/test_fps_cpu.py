@@ -28,14 +28,13 @@ def reference(xyz: torch.Tensor, npoint: int, start) -> torch.Tensor:
 
 
 def blocks_of(xyz: torch.Tensor, npoint: int, start: torch.Tensor, block: int, margin: float | None = None,
-              kernel: str = "fps_clouds") -> torch.Tensor:
-    """fps_clouds (or ``kernel``) on ``xyz`` with ``block`` points per block (the public path uses
-    BLOCK)."""
+              threads: int = 2) -> torch.Tensor:
+    """fps_clouds on ``xyz`` with ``block`` points per block (the public path uses BLOCK)."""
     from omniclip.modalities.pointcloud import fps_cpu
 
     planes = xyz.permute(2, 0, 1).contiguous().numpy()
     margin = fps_cpu.MARGIN if margin is None else margin
-    return torch.from_numpy(getattr(fps_cpu, kernel)(planes, start.numpy(), npoint, block, margin))
+    return torch.from_numpy(fps_cpu.fps_clouds(planes, start.numpy(), npoint, threads, block, margin))
 
 
 def lattice(side: int, spacing: float = 1.0) -> torch.Tensor:
@@ -66,7 +65,7 @@ def test_numba_equals_reference_on_random_clouds(num_points, npoint):
     assert torch.equal(farthest_point_sample(xyz, npoint, start_idx=start, backend="numba"), want)
     for block in (1, 3, 8):
         assert torch.equal(blocks_of(xyz, npoint, start, block), want), block
-    assert torch.equal(blocks_of(xyz, npoint, start, 5, kernel="fps_clouds_serial"), want)
+    assert torch.equal(blocks_of(xyz, npoint, start, 5, threads=1), want)
 
 
 @pytest.mark.parametrize("name,cloud", tie_clouds(), ids=[name for name, _ in tie_clouds()])
@@ -137,10 +136,8 @@ def test_auto_picks_numba_on_cpu_and_calls_it(monkeypatch):
     assert fps_backend("cpu") == "numba"
     assert fps_backend("cpu", batch=64) == "numba"
     assert fps_backend("cpu", torch.float64) == "torch"  # float64 keeps float64 distances
-    calls = []
-    for name in ("fps_clouds", "fps_clouds_serial"):  # the thread pool's and the calling thread's
-        kernel = getattr(fps_cpu, name)
-        monkeypatch.setattr(fps_cpu, name, lambda planes, *args, k=kernel: calls.append(planes.shape) or k(planes, *args))
+    calls, kernel = [], fps_cpu.fps_clouds
+    monkeypatch.setattr(fps_cpu, "fps_clouds", lambda planes, *args: calls.append(planes.shape) or kernel(planes, *args))
     xyz = torch.rand(3, 200, 3, generator=torch.Generator().manual_seed(4))
     got = farthest_point_sample(xyz, 20, start_idx=1)
     assert calls == [(3, 3, 200)] and torch.equal(got, reference(xyz, 20, 1))
@@ -178,14 +175,13 @@ def test_falls_back_with_one_log_line_when_numba_is_missing(monkeypatch, caplog)
 def test_a_kernel_that_fails_the_self_check_is_not_used(monkeypatch, caplog):
     from omniclip.modalities.pointcloud import fps_cpu
 
-    kernel = fps_cpu.fps_clouds_serial
+    kernel = fps_cpu.fps_clouds
     # Last instead of first of equal maxima: the reversed cloud's indices, mapped back.
-    def last_of_ties(planes, start, npoint, block, margin):
+    def last_of_ties(planes, start, npoint, threads):
         last = planes.shape[2] - 1
-        return last - kernel(np.ascontiguousarray(planes[:, :, ::-1]), last - start, npoint, block, margin)
+        return last - kernel(np.ascontiguousarray(planes[:, :, ::-1]), last - start, npoint, threads)
 
     monkeypatch.setattr(fps_cpu, "fps_clouds", last_of_ties)
-    monkeypatch.setattr(fps_cpu, "fps_clouds_serial", last_of_ties)
     ops._numba_fps.cache_clear()
     try:
         with caplog.at_level(logging.INFO, logger=ops.__name__):
@@ -202,6 +198,6 @@ def test_importing_compiles_nothing():
         "import omniclip.modalities.pointcloud.ops\n"
         "assert 'numba' not in sys.modules, 'ops imported numba'\n"
         "from omniclip.modalities.pointcloud import fps_cpu\n"
-        "assert fps_cpu.fps_clouds.signatures == fps_cpu.fps_clouds_serial.signatures == []\n"
+        "assert fps_cpu.fps_cloud.signatures == [], fps_cpu.fps_cloud.signatures\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

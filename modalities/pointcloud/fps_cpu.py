@@ -18,14 +18,16 @@ block maximum when a block is skipped. ``ops`` checks the input first (finite, s
 the 1e10 start value, as for fpsample) and runs a self-check before it trusts this module.
 
 Importing the module imports numba but compiles nothing; the first call compiles (``cache=True``:
-once per machine, later processes load the cached machine code).
+once per machine, later processes load the cached machine code). Batches run one cloud per
+thread (`fps_clouds`).
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
-from numba import prange
 
 #: Points per block: small blocks prune finer, large ones cost fewer box tests per centre.
 #: 8192 -> 512 on one thread here (ms): 16: 1.9, 32: 1.4, 64: 1.5, 128: 2.1 (see BENCHMARKS.md).
@@ -186,23 +188,31 @@ def fps_cloud(x, y, z, first, npoint, block, margin, out):
         far = best_arg
 
 
-@numba.njit(cache=True, parallel=True)
-def fps_clouds(planes, start, npoint, block, margin):
-    """Centres [B, npoint] (int64) of every cloud of ``planes`` [3, B, N] (float32), one cloud per
-    thread, starting at ``start`` [B]."""
+def fps_clouds(
+    planes: np.ndarray, start: np.ndarray, npoint: int, threads: int = 1, block: int = BLOCK, margin: float = MARGIN
+) -> np.ndarray:
+    """Centres [B, npoint] (int64) of every cloud of ``planes`` [3, B, N] (float32, C-contiguous)
+    from ``start`` [B], clouds shared among ``threads`` threads.
+
+    The threads are Python threads around the compiled per-cloud function, which releases the GIL
+    (``nogil``), rather than numba's ``prange``: numba's OpenMP layer terminates a forked child
+    (a DataLoader worker) that launches a parallel loop, and its fallback layer aborts on two
+    parallel loops launched at once from different threads. Plain threads have neither problem.
+    """
     batch = planes.shape[1]
     out = np.empty((batch, npoint), dtype=np.int64)
-    for b in prange(batch):
-        fps_cloud(planes[0, b], planes[1, b], planes[2, b], start[b], npoint, block, margin, out[b])
-    return out
 
+    def run(offset: int, stride: int) -> None:
+        for b in range(offset, batch, stride):
+            fps_cloud(planes[0, b], planes[1, b], planes[2, b], start[b], npoint, block, margin, out[b])
 
-@numba.njit(cache=True, nogil=True)
-def fps_clouds_serial(planes, start, npoint, block, margin):
-    """`fps_clouds` on the calling thread only: for one cloud or one thread, where waking the
-    thread pool (and waiting for a busy core to join it) costs more than it can save."""
-    batch = planes.shape[1]
-    out = np.empty((batch, npoint), dtype=np.int64)
-    for b in range(batch):
-        fps_cloud(planes[0, b], planes[1, b], planes[2, b], start[b], npoint, block, margin, out[b])
+    threads = max(1, min(threads, batch))
+    if threads == 1:
+        run(0, 1)
+        return out
+    with ThreadPoolExecutor(threads - 1) as pool:
+        helpers = [pool.submit(run, t, threads) for t in range(1, threads)]
+        run(0, threads)
+        for helper in helpers:
+            helper.result()  # re-raises a helper's error
     return out

@@ -5,7 +5,7 @@ sampling, sequential by nature, has four backends that return the same indices:
 
 - ``"torch"``: the reference, a batched loop with one Python iteration per centre (any device);
 - ``"numba"``: exact FPS pruned by spatial blocks (``fps_cpu.py``): only points near a new centre
-  are updated; clouds in parallel on torch's thread count (CPU, float32; ``pointcloud`` extra);
+  are updated; one cloud per thread, on torch's thread count (CPU, float32; ``pointcloud`` extra);
 - ``"fpsample"``: the compiled `fpsample <https://pypi.org/project/fpsample/>`_ library, one cloud
   at a time, every point for every centre (CPU, float32; the ``pointcloud`` extra installs it);
 - ``"triton"``: one Triton kernel launch for all centres (CUDA; see ``kernels.py``).
@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
-import threading
 from typing import Literal
 
 import numpy as np
@@ -273,7 +272,7 @@ def _self_check(fps) -> str:
     duplicated = torch.rand(1, 20, 3, generator=gen, device=cpu).repeat(1, 3, 1)
     cluster = torch.cat([torch.rand(1, 500, 3, generator=gen, device=cpu) * 1e-3, lattice * 10], dim=1)
     cases = [(probe, 3, 0), (lattice, 64, 21), (duplicated, 60, 7), (cluster, 200, 3)]
-    # Two clouds at once: numba runs batches on its thread pool, a second compiled function.
+    # Two clouds at once: numba's backend shares a batch among threads.
     cases.append((torch.cat([lattice, lattice.flip(1)]), 40, 5))
     try:
         for cloud, npoint, first in cases:
@@ -284,11 +283,6 @@ def _self_check(fps) -> str:
     except Exception as err:  # an incompatible version: any failure means "do not use it"
         return f"failed its self-check ({type(err).__name__}: {err})"
     return ""
-
-
-# numba's workqueue threading layer (the one left where neither TBB nor OpenMP loads) aborts the
-# process on concurrent parallel launches: one call at a time.
-_NUMBA_LOCK = threading.Lock()
 
 
 @functools.cache
@@ -304,15 +298,9 @@ def _numba_fps():  # -> Callable[[Tensor, Tensor, int], Tensor] | None
     import numba
 
     def fps(planes: Tensor, start: Tensor, npoint: int) -> Tensor:
-        # Clouds run one per thread, on as many threads as torch may use (set_num_threads applies
-        # to launches from this thread only); one cloud or one thread skips the thread pool.
-        threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, planes.shape[1])
-        args = (planes.numpy(), start.contiguous().numpy(), npoint, fps_cpu.BLOCK, fps_cpu.MARGIN)
-        if threads <= 1:
-            return torch.from_numpy(fps_cpu.fps_clouds_serial(*args))
-        with _NUMBA_LOCK:
-            numba.set_num_threads(threads)
-            return torch.from_numpy(fps_cpu.fps_clouds(*args))
+        # One cloud per thread, on as many threads as torch may use.
+        threads = torch.get_num_threads()
+        return torch.from_numpy(fps_cpu.fps_clouds(planes.numpy(), start.contiguous().numpy(), npoint, threads))
 
     problem = _self_check(fps)
     if problem:
