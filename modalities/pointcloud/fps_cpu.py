@@ -29,9 +29,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-#: Points per block: small blocks prune finer, large ones cost fewer box tests per centre.
-#: 8192 -> 512 on one thread here (ms): 16: 1.9, 32: 1.4, 64: 1.5, 128: 2.1 (see BENCHMARKS.md).
-BLOCK = 32
+#: Points per block: small blocks prune finer, large ones cost fewer box tests per centre and
+#: vectorize better. One random cloud on one thread, quiet machine (ms, block 16 / 32 / 48 / 64 /
+#: 96 / 128): 8192 -> 512: 2.06 / 1.52 / 1.39 / 1.29 / 1.25 / 1.23; 1024 -> 512: 0.42 / 0.32 /
+#: 0.31 / 0.28 / 0.28 / 0.28. 64 is within 5% of the best of both; larger blocks prune coarser on
+#: clouds denser in some places than others.
+BLOCK = 64
 #: Relative shrink of the skip bound: float32's (dx*dx + dy*dy) + dz*dz is at most ~5 roundings
 #: (5 * 2**-24 = 3e-7 relative) below the exact squared distance; 1e-5 leaves a wide margin.
 MARGIN = 1e-5
