@@ -292,8 +292,10 @@ CONDITIONS = {
 }
 
 
-def run(cfg: DescribeDemoConfig, out_dir: str | Path, report: Callable[[str], None] = print) -> dict[str, Any]:
-    """The whole demo; returns what it writes to ``results.json``."""
+def run(cfg: DescribeDemoConfig, out_dir: str | Path, report: Callable[[str], None] = print,
+        captioner_dir: str | Path | None = None) -> dict[str, Any]:
+    """The whole demo for ``cfg.held_out``; returns what it writes to ``results.json``. The captioner
+    is cached in ``captioner_dir`` (default ``out_dir``), so several splits can share it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     classes = cfg.world.classes
@@ -303,7 +305,7 @@ def run(cfg: DescribeDemoConfig, out_dir: str | Path, report: Callable[[str], No
     start, cpu_start, seconds = time.perf_counter(), time.process_time(), {}
     report(f"[A] captioner: tiny InstructBLIP on renderings -> captions of all {len(classes)} classes")
     model, tokenizer, captioner_info = train_captioner(cfg.world, shape_draw(cfg.world, cfg.captioner.image_size),
-                                                       cfg.captioner, out_dir, report)
+                                                       cfg.captioner, captioner_dir or out_dir, report)
     seconds["captioner"] = round(time.perf_counter() - start, 1)
     trunk, head = BlipVisionTrunk(model.vision_model), InstructBlipHead(model)
 
@@ -359,6 +361,50 @@ def run(cfg: DescribeDemoConfig, out_dir: str | Path, report: Callable[[str], No
     return results
 
 
+STUDY_SPLITS: tuple[tuple[int, ...], ...] = ((4, 6, 9), (1, 3, 8), (0, 2, 7))  # the 3D demo's splits
+
+
+def run_splits(cfg: DescribeDemoConfig, splits: Sequence[Sequence[int]], out_dir: str | Path,
+               report: Callable[[str], None] = print) -> dict[str, Any]:
+    """`run` for each held-out split in ``out_dir/split-<classes>`` (one captioner, cached in
+    ``out_dir``); ``results.json`` holds every split and, per condition and score, the mean and the
+    standard deviation over splits."""
+    out_dir = Path(out_dir)
+    records = []
+    for held_out in splits:
+        name = "-".join(cfg.world.classes[c] for c in held_out)
+        report(f"split {len(records) + 1}/{len(splits)}: held out {name}")
+        records.append(run(replace(cfg, held_out=tuple(held_out)), out_dir / f"split-{name}", report, out_dir))
+    keys = ("all", "seen", "held_out", "no_shape", "most_common_share")
+    summary: dict[str, Any] = {}
+    for condition in CONDITIONS:
+        values = {k: [r["scores"][condition][k] for r in records] for k in keys}
+        mean = {k: sum(v) / len(v) for k, v in values.items()}
+        spread = {k: (sum((x - mean[k]) ** 2 for x in v) / max(len(v) - 1, 1)) ** 0.5 for k, v in values.items()}
+        summary[condition] = {**mean, "std": spread}
+    results = {"splits": records, "summary": summary, "chance": records[0]["chance"],
+               "seconds": {"total": round(sum(r["seconds"]["total"] for r in records), 1)}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def summary_table(results: Mapping[str, Any]) -> str:
+    """`markdown_table`'s columns as mean ± std over the splits of `run_splits`."""
+    chance, summary = results["chance"], results["summary"]
+    n = len(results["splits"])
+    lines = [
+        f"| describer (mean of {n} held-out splits) | seen classes | held-out classes | all | names no shape |",
+        "|---|---|---|---|---|",
+        f"| chance (a random class) | {chance['seen']:.2f} | {chance['held_out']:.2f} | {chance['all']:.2f} | |",
+    ]
+    for name, label in CONDITIONS.items():
+        s, d = summary[name], summary[name]["std"]
+        lines.append(f"| {label} | {s['seen']:.2f} ± {d['seen']:.2f} | {s['held_out']:.2f} ± {d['held_out']:.2f} "
+                     f"| {s['all']:.2f} ± {d['all']:.2f} | {s['no_shape']:.2f} |")
+    return "\n".join(lines)
+
+
 def _held_mask(labels: Tensor, held_out: Sequence[int]) -> Tensor:
     return torch.tensor([int(y) in held_out for y in labels], dtype=torch.bool)
 
@@ -389,22 +435,26 @@ def markdown_table(results: Mapping[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="omniclip-demo --describe", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke test of the pipeline (seconds; not evidence; "
-                        "writes to its own folder unless --out is given)")
-    parser.add_argument("--out", default=None, help="output folder (the captioner is cached here; default "
-                        "omniclip-describe-demo-out, or omniclip-describe-demo-quick with --quick)")
-    parser.add_argument("--held-out", type=lambda text: experiment.parse_held_out(text, WorldConfig().classes),
-                        default=None,
-                        help=f"comma-separated held-out classes (default: {', '.join(WorldConfig().classes[c] for c in HELD_OUT)})")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (1 is fastest for these small tensors on a busy machine)")
+    classes = WorldConfig().classes
+    experiment.add_demo_arguments(parser, classes, (HELD_OUT,), "omniclip-describe-demo",
+                                  "the 3D demo's 3 held-out splits, one captioner: mean ± std over them")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = experiment.output_folder(args.out, "omniclip-describe-demo", args.quick)
-    cfg = preset("quick" if args.quick else "default", args.seed, args.held_out)
     if args.quick:
         print(experiment.SMOKE_TEST)
+    splits = args.held_out or (STUDY_SPLITS if args.study else None)
+    cfg = preset("quick" if args.quick else "default", args.seed, splits[0] if splits and len(splits) == 1 else None)
+    if splits and len(splits) > 1:
+        study = run_splits(cfg, splits, out)
+        for record in study["splits"]:
+            print(f"\nheld out: {', '.join(record['held_out'])}\n")
+            print(markdown_table(record))
+        print()
+        print(summary_table(study))
+        print(f"\nwrote {out / 'results.json'} in {study['seconds']['total']:.0f} s"
+              + (f"  ({experiment.SMOKE_TEST})" if args.quick else ""))
+        return 0
     results = run(cfg, out)
     print()
     print(markdown_table(results))

@@ -221,3 +221,18 @@ def test_a_cached_captioner_is_reloaded_with_its_trained_weights(tmp_path):
     assert trained.keys() == reloaded.keys()
     assert all(torch.equal(trained[k], reloaded[k]) for k in trained)
 
+
+
+def test_several_held_out_splits_share_one_captioner_and_report_mean_and_spread(tmp_path, capsys):
+    assert demo_main(["--describe", "--quick", "--held-out", "torus", "--held-out", "box,cone",
+                      "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["held_out"] for r in results["splits"]] == [["torus"], ["box", "cone"]]
+    assert len(list(tmp_path.glob("captioner-*"))) == 1  # trained once, reused by the second split
+    assert not list((tmp_path / "split-torus").glob("captioner-*"))
+    for condition, summary in results["summary"].items():
+        values = [r["scores"][condition]["held_out"] for r in results["splits"]]
+        assert summary["held_out"] == pytest.approx(sum(values) / 2)
+        assert summary["std"]["held_out"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
+    assert "| describer (mean of 2 held-out splits) |" in capsys.readouterr().out
+    assert describe_demo.STUDY_SPLITS[0] == describe_demo.HELD_OUT
