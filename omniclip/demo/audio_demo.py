@@ -20,8 +20,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -40,8 +38,6 @@ from omniclip.demo.experiment import (
     LensTrainConfig,
     embed,
     output_folder,
-    plot_confusion,
-    results_record,
 )
 from omniclip.demo.lens import VARIANTS, PerceiverConfig, assemble_lens
 from omniclip.demo.sounds import (
@@ -164,43 +160,17 @@ def preset(name: str, seed: int = 0, splits: Sequence[Sequence[int]] | None = No
     return cfg
 
 
-def split_name(classes: Sequence[str], held_out: Sequence[int]) -> str:
-    return "-".join(classes[c].replace(" ", "_") for c in held_out)
-
-
 def run(cfg: AudioDemoConfig, out_dir: str | Path, report: Callable[[str], None] = print) -> dict[str, Any]:
     """The whole demo; returns what it writes to ``results.json``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    backbone, clip_info = pretrain_sound_clip(cfg.sounds, cfg.clip, out_dir, report)
-    clip_seconds = time.perf_counter() - start
-    classes, size = cfg.sounds.classes, cfg.clip.image_size
-    test = make_sound_set(cfg.sounds, range(len(classes)), cfg.test_per_class, cfg.seed * 1000 + 12, "test", size)
-
-    def make_train(held_out: Sequence[int]) -> PairedSet:
-        seen = [c for c in range(len(classes)) if c not in held_out]
-        return make_sound_set(cfg.sounds, seen, cfg.train_per_class, cfg.seed * 1000 + 11,
-                              f"train-{split_name(classes, held_out)}", size)
-
-    splits, curve = experiment.run_splits(
-        backbone, classes, PROMPT_TEMPLATES, cfg.splits, [split_name(classes, h) for h in cfg.splits], make_train,
-        test, cfg.variants, lambda variant: build_audio_lens(variant, backbone, cfg.sounds, cfg.lens, cfg.seed),
-        embed, cfg.train, out_dir, cfg.seed, report, cfg.curve_sizes,
-        {"demo": "audio", "backbone": cfg.clip.model, "clip": clip_info["hash"], "lens": asdict(cfg.lens),
-         "sounds": asdict(cfg.sounds)},
+    size = cfg.clip.image_size
+    return experiment.run_lens_demo(
+        cfg, out_dir, report, classes=cfg.sounds.classes, prompts=PROMPT_TEMPLATES,
+        pretrain=lambda out: pretrain_sound_clip(cfg.sounds, cfg.clip, out, report),
+        make_set=lambda classes, per_class, seed, name: make_sound_set(cfg.sounds, classes, per_class, seed, name, size),
+        build=lambda variant, backbone: build_audio_lens(variant, backbone, cfg.sounds, cfg.lens, cfg.seed),
+        embed_fn=embed, lens_record={"demo": "audio", "lens": asdict(cfg.lens), "sounds": asdict(cfg.sounds)},
+        task="sound", images="spectrograms",
     )
-    results = results_record(classes, splits, cfg.variants, clip_info, {
-        "clip": round(clip_seconds, 1), "total": round(time.perf_counter() - start, 1),
-        "cpu": round(time.process_time() - cpu_start, 1)}, asdict(cfg))
-    if curve:
-        results["curve"] = experiment.curve_summary(curve, cfg.variants)
-        results["curve_splits"] = {str(n): records for n, records in curve.items()}
-        experiment.plot_curve(results["curve"], cfg.variants, results["chance"]["held_out"], out_dir / "curve.png",
-                              "audio")
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    plot_confusion(splits[0], classes, cfg.variants, out_dir / "confusion.png", "sound", "spectrograms")
-    return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,7 @@ report the scores (summary, markdown table, confusion plot); shared by the 3D an
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -246,6 +247,49 @@ def run_splits(backbone: ClipBackbone, classes: Sequence[str], prompts: Sequence
         if curve_sizes:
             curve.setdefault(record["train_per_class"], []).append(record)
     return whole, curve
+
+
+def split_name(classes: Sequence[str], held_out: Sequence[int]) -> str:
+    """A folder-safe name of a held-out split (``falling_chirp-beeps-rumble``)."""
+    return "-".join(classes[c].replace(" ", "_") for c in held_out)
+
+
+def run_lens_demo(cfg: Any, out_dir: str | Path, report: Callable[[str], None], *, classes: Sequence[str],
+                  prompts: Sequence[str], pretrain: Callable[[Path], tuple[ClipBackbone, dict[str, Any]]],
+                  make_set: Callable[[Sequence[int], int, int, str], PairedSet],
+                  build: Callable[[str, ClipBackbone], LensModel], embed_fn: Callable[[LensModel, PairedSet], Tensor],
+                  lens_record: dict[str, Any], task: str, images: str) -> dict[str, Any]:
+    """The 3D and the audio demo: pretrain (or load) the tiny CLIP, draw the test set once and each
+    split's training set, `run_splits` (and the curve when ``cfg.curve_sizes``), write ``results.json``,
+    ``confusion.png`` and ``curve.png``. ``cfg`` is the demo's config (`clip`, `train`, `splits`,
+    `curve_sizes`, `variants`, `train_per_class`, `test_per_class`, `seed`); ``make_set(classes,
+    per_class, seed, name)`` draws a `PairedSet`; ``build(variant, backbone)`` a lens."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    backbone, clip_info = pretrain(out_dir)
+    clip_seconds = time.perf_counter() - start
+    test = make_set(range(len(classes)), cfg.test_per_class, cfg.seed * 1000 + 12, "test")
+
+    def make_train(held_out: Sequence[int]) -> PairedSet:
+        seen = [c for c in range(len(classes)) if c not in held_out]
+        return make_set(seen, cfg.train_per_class, cfg.seed * 1000 + 11, f"train-{split_name(classes, held_out)}")
+
+    splits, curve = run_splits(
+        backbone, classes, prompts, cfg.splits, [split_name(classes, h) for h in cfg.splits], make_train, test,
+        cfg.variants, lambda variant: build(variant, backbone), embed_fn, cfg.train, out_dir, cfg.seed, report,
+        cfg.curve_sizes, {**lens_record, "backbone": cfg.clip.model, "clip": clip_info["hash"]},
+    )
+    results = results_record(classes, splits, cfg.variants, clip_info, {
+        "clip": round(clip_seconds, 1), "total": round(time.perf_counter() - start, 1),
+        "cpu": round(time.process_time() - cpu_start, 1)}, asdict(cfg))
+    if curve:
+        results["curve"] = curve_summary(curve, cfg.variants)
+        results["curve_splits"] = {str(n): records for n, records in curve.items()}
+        plot_curve(results["curve"], cfg.variants, results["chance"]["held_out"], out_dir / "curve.png", task)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    plot_confusion(splits[0], classes, cfg.variants, out_dir / "confusion.png", task, images)
+    return results
 
 
 def prior_matching_bias(logits: Tensor, held_out: Tensor) -> float:

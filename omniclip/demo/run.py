@@ -18,8 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -34,8 +32,6 @@ from omniclip.demo.dataset import make_shape_set, shape_draw
 from omniclip.demo.experiment import (
     LensTrainConfig,
     embed_clouds,
-    plot_confusion,
-    results_record,
 )
 from omniclip.demo.lens import VARIANTS, LensConfig, build_lens
 from omniclip.demo.world import PROMPT_TEMPLATES, WorldConfig
@@ -85,10 +81,6 @@ def preset(name: str, seed: int = 0, splits: Sequence[Sequence[int]] | None = No
     return cfg
 
 
-def split_name(classes: Sequence[str], held_out: Sequence[int]) -> str:
-    return "-".join(classes[c] for c in held_out)
-
-
 def pretrain_world_clip(world: WorldConfig, cfg: ClipPretrainConfig, out_dir: str | Path,
                         report: Callable[[str], None] = print) -> tuple[ClipBackbone, dict]:
     """`pretrain_clip` on depth renderings + captions of every class of ``world`` (cached as ``clip-<hash>``)."""
@@ -98,38 +90,14 @@ def pretrain_world_clip(world: WorldConfig, cfg: ClipPretrainConfig, out_dir: st
 
 def run(cfg: DemoConfig, out_dir: str | Path, report: Callable[[str], None] = print) -> dict[str, Any]:
     """The whole demo; returns what it writes to ``results.json``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    backbone, clip_info = pretrain_world_clip(cfg.world, cfg.clip, out_dir, report)
-    clip_seconds = time.perf_counter() - start
-    classes, size = cfg.world.classes, cfg.clip.image_size
-    test = make_shape_set(cfg.world, range(len(classes)), cfg.test_per_class, cfg.seed * 1000 + 12, "test", size)
-
-    def make_train(held_out: Sequence[int]) -> Any:
-        seen = [c for c in range(len(classes)) if c not in held_out]
-        return make_shape_set(cfg.world, seen, cfg.train_per_class, cfg.seed * 1000 + 11,
-                              f"train-{split_name(classes, held_out)}", size)
-
-    splits, curve = experiment.run_splits(
-        backbone, classes, PROMPT_TEMPLATES, cfg.splits, [split_name(classes, h) for h in cfg.splits], make_train,
-        test, cfg.variants, lambda variant: build_lens(variant, backbone, cfg.lens, cfg.seed), embed_clouds,
-        cfg.train, out_dir, cfg.seed, report, cfg.curve_sizes,
-        {"demo": "pointcloud", "backbone": cfg.clip.model, "clip": clip_info["hash"], "lens": asdict(cfg.lens)},
+    size = cfg.clip.image_size
+    return experiment.run_lens_demo(
+        cfg, out_dir, report, classes=cfg.world.classes, prompts=PROMPT_TEMPLATES,
+        pretrain=lambda out: pretrain_world_clip(cfg.world, cfg.clip, out, report),
+        make_set=lambda classes, per_class, seed, name: make_shape_set(cfg.world, classes, per_class, seed, name, size),
+        build=lambda variant, backbone: build_lens(variant, backbone, cfg.lens, cfg.seed), embed_fn=embed_clouds,
+        lens_record={"demo": "pointcloud", "lens": asdict(cfg.lens)}, task="3D", images="renderings",
     )
-    results = results_record(classes, splits, cfg.variants, clip_info, {
-        "clip": round(clip_seconds, 1), "total": round(time.perf_counter() - start, 1),
-        "cpu": round(time.process_time() - cpu_start, 1)}, asdict(cfg))
-    if curve:
-        results["curve"] = experiment.curve_summary(curve, cfg.variants)
-        results["curve_splits"] = {str(n): records for n, records in curve.items()}
-        experiment.plot_curve(results["curve"], cfg.variants, results["chance"]["held_out"], out_dir / "curve.png",
-                              "3D")
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    plot_confusion(splits[0], classes, cfg.variants, out_dir / "confusion.png", "3D", "renderings")
-    return results
-
-
 
 
 def main(argv: Sequence[str] | None = None) -> int:
