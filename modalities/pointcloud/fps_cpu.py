@@ -24,6 +24,7 @@ thread (`fps_clouds`).
 
 from __future__ import annotations
 
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -204,18 +205,22 @@ def fps_clouds(
     """
     batch = planes.shape[1]
     out = np.empty((batch, npoint), dtype=np.int64)
+    # Clouds are handed out one at a time (next() on a count is atomic under the GIL): a helper
+    # that gets no core soon (torch's OpenMP threads spin for a while after each op) leaves its
+    # share to the others instead of holding the call up.
+    clouds = itertools.count()
 
-    def run(offset: int, stride: int) -> None:
-        for b in range(offset, batch, stride):
+    def run() -> None:
+        while (b := next(clouds)) < batch:
             fps_cloud(planes[0, b], planes[1, b], planes[2, b], start[b], npoint, block, margin, out[b])
 
     threads = max(1, min(threads, batch))
     if threads == 1:
-        run(0, 1)
+        run()
         return out
     with ThreadPoolExecutor(threads - 1) as pool:
-        helpers = [pool.submit(run, t, threads) for t in range(1, threads)]
-        run(0, threads)
+        helpers = [pool.submit(run) for _ in range(threads - 1)]
+        run()
         for helper in helpers:
             helper.result()  # re-raises a helper's error
     return out
