@@ -11,9 +11,10 @@ sampling, sequential by nature, has four backends that return the same indices:
 - ``"triton"``: one Triton kernel launch for all centres (CUDA; see ``kernels.py``).
 
 ``farthest_point_sample(..., backend="auto")`` picks Triton for CUDA tensors. On CPU it picks
-numba (8 clouds of 8192 -> 512: ~20-100x the reference algorithm, see BENCHMARKS.md); without
-numba, fpsample for up to `FPSAMPLE_MAX_BATCH` clouds (or any batch when torch runs one thread)
-and the torch loop for larger batches. A compiled backend is skipped when it is missing, fails its
+numba (8192 -> 512 on a shared 2-core machine: 8 clouds 18-33x the reference algorithm, 35x with
+one thread, one cloud ~40x; see BENCHMARKS.md); without numba, fpsample for up to
+`FPSAMPLE_MAX_BATCH` clouds (or any batch when torch runs one thread) and the torch loop for
+larger batches. A compiled backend is skipped when it is missing, fails its
 self-check, or cannot reproduce the reference for the given input (then the torch loop runs);
 :func:`fps_backend` says which one runs.
 """
