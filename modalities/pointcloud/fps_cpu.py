@@ -31,9 +31,9 @@ import numba
 import numpy as np
 
 #: Points per block: small blocks prune finer, large ones cost fewer box tests per centre and
-#: vectorize better. One random cloud on one thread, quiet machine (ms, block 16 / 32 / 48 / 64 /
-#: 96 / 128): 8192 -> 512: 2.06 / 1.52 / 1.39 / 1.29 / 1.25 / 1.23; 1024 -> 512: 0.42 / 0.32 /
-#: 0.31 / 0.28 / 0.28 / 0.28. 64 is within 5% of the best of both; larger blocks prune coarser on
+#: vectorize better. One random cloud on one thread, 2-core machine at load ~1.5 (ms, block
+#: 16 / 32 / 48 / 64 / 96 / 128): 8192 -> 512: 2.06 / 1.52 / 1.39 / 1.29 / 1.25 / 1.23;
+#: 1024 -> 512: 0.42 / 0.32 / 0.31 / 0.28 / 0.28 / 0.28. 64 is within 5% of the best of both; larger blocks prune coarser on
 #: clouds denser in some places than others.
 BLOCK = 64
 #: Relative shrink of the skip bound: float32's (dx*dx + dy*dy) + dz*dz is at most ~5 roundings
@@ -44,7 +44,7 @@ TINY = 1e-30
 #: The reference's running-minimum start value (float32 holds 1e10 exactly).
 FAR = np.float32(1e10)
 #: Bits per axis of the Morton code that orders points into blocks (256 cells per axis: far finer
-#: than blocks of 32 of a few thousand points need).
+#: than blocks of 64 of a few thousand points need).
 _MORTON_BITS = 8
 
 
