@@ -157,6 +157,13 @@ def test_gather_points_any_index_shape():
         gather_points(points, idx[:1])
 
 
+@pytest.fixture
+def without_numba(monkeypatch):
+    """The CPU choice as it is where numba is not installed: fpsample, else the torch loop (with
+    numba, "auto" takes numba first; see tests/test_fps_cpu.py)."""
+    monkeypatch.setattr(ops, "_numba_fps", lambda: None)
+
+
 def lattice(side: int) -> torch.Tensor:
     """[1, side**3, 3] integer grid: squared distances are small integers, so exact ties abound."""
     axis = torch.arange(float(side))
@@ -225,7 +232,7 @@ def test_fps_default_start_draws_from_global_rng_for_every_backend():
 
 
 @needs_fpsample
-def test_fps_cpu_backend_is_fpsample_and_logged(caplog):
+def test_fps_cpu_backend_is_fpsample_and_logged(caplog, without_numba):
     ops._fpsample_module.cache_clear()
     with caplog.at_level(logging.INFO, logger=ops.__name__):
         assert fps_backend("cpu") == "fpsample"
@@ -237,7 +244,7 @@ def test_fps_cpu_backend_is_fpsample_and_logged(caplog):
 
 
 @needs_fpsample
-def test_fps_auto_takes_the_batched_torch_loop_for_large_batches_on_several_threads(monkeypatch):
+def test_fps_auto_takes_the_batched_torch_loop_for_large_batches_on_several_threads(monkeypatch, without_numba):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -256,7 +263,7 @@ def test_fps_auto_takes_the_batched_torch_loop_for_large_batches_on_several_thre
         torch.set_num_threads(threads)
 
 
-def test_fps_falls_back_to_torch_when_fpsample_is_missing(monkeypatch, caplog):
+def test_fps_falls_back_to_torch_when_fpsample_is_missing(monkeypatch, caplog, without_numba):
     monkeypatch.setitem(sys.modules, "fpsample", None)  # makes "import fpsample" raise ImportError
     ops._fpsample_module.cache_clear()
     try:
@@ -283,7 +290,7 @@ def test_fps_falls_back_to_torch_when_fpsample_is_missing(monkeypatch, caplog):
         (lambda pc, n, start_idx: (_ for _ in ()).throw(TypeError("new signature")), "failed its self-check"),
     ],
 )
-def test_fps_rejects_an_fpsample_that_fails_the_self_check(monkeypatch, caplog, fake, problem):
+def test_fps_rejects_an_fpsample_that_fails_the_self_check(monkeypatch, caplog, fake, problem, without_numba):
     module = types.SimpleNamespace(__version__="9.9", fps_sampling=fake)
     monkeypatch.setitem(sys.modules, "fpsample", module)
     ops._fpsample_module.cache_clear()
@@ -341,7 +348,7 @@ def test_cuda_matches_cpu():
 
 
 @needs_fpsample
-def test_fps_fpsample_takes_clouds_that_require_grad_and_self_checks_under_a_default_device():
+def test_fps_fpsample_takes_clouds_that_require_grad_and_self_checks_under_a_default_device(without_numba):
     xyz = torch.rand(2, 100, 3, generator=torch.Generator().manual_seed(8)).requires_grad_()
     ops._fpsample_module.cache_clear()
     try:
