@@ -153,6 +153,12 @@ class TrainerConfig:
             raise ConfigError("trainer.frozen_dtype", "bf16 frozen weights under fp16 autocast would be recast to "
                               "fp16 in every op (bf16's range does not fit fp16's): use trainer.precision=bf16 "
                               "or fp32 with frozen_dtype=bf16, or frozen_dtype=fp32 with fp16")
+        if self.parallel == "fsdp2" and self.frozen_dtype != "fp32":
+            # Untested together: fully_shard would shard blocks already cast to bf16, and the image
+            # anchors it needs cached would come from the bf16 tower. Refused rather than guessed.
+            raise ConfigError("trainer.frozen_dtype", f"`{self.frozen_dtype}` with trainer.parallel=fsdp2 is not "
+                              "supported yet: use frozen_dtype=fp32 with fsdp2, or parallel=ddp with "
+                              f"frozen_dtype={self.frozen_dtype}")
         for key in ("max_steps", "batch_size", "grad_accum_steps", "checkpoint_every", "log_every",
                     "max_consecutive_nonfinite", "max_nonfinite_steps"):
             if getattr(self, key) < 1:

@@ -197,6 +197,9 @@ def test_resume_rules_classify_the_new_keys_and_read_old_checkpoints():
     ({"frozen_dtype": "bf16", "precision": "fp16"}, "trainer.frozen_dtype",
      "bf16 frozen weights under fp16 autocast would be recast to fp16 in every op (bf16's range does not fit "
      "fp16's): use trainer.precision=bf16 or fp32 with frozen_dtype=bf16, or frozen_dtype=fp32 with fp16"),
+    ({"frozen_dtype": "bf16", "parallel": "fsdp2"}, "trainer.frozen_dtype",
+     "`bf16` with trainer.parallel=fsdp2 is not supported yet: use frozen_dtype=fp32 with fsdp2, or "
+     "parallel=ddp with frozen_dtype=bf16"),
     ({"compile_mode": "fastest"}, "trainer.compile_mode",
      "`fastest` is not one of (None, 'default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')"),
 ])
