@@ -4,8 +4,8 @@ A. train a tiny InstructBLIP (vision tower, Q-Former, OPT language model, from t
    configs, with a word-level tokenizer built offline) on depth renderings -> captions of every
    class of the 3D demo's world, answering "what shape is this?" (`omniclip.demo.captioner`;
    cached in the output folder);
-B. freeze its vision tower and train the 3D demo's lens (Point-BERT tokenizer + Perceiver with
-   one latent per patch position) into it on the seen classes only, through the framework's
+B. freeze its vision tower and train the 3D demo's lens (`ProjectionTokenizer`: one token per patch
+   of the tower's grid) into it on the seen classes only, through the framework's
    `Trainer`: the lens's post-LayerNorm tower tokens, what the Q-Former reads, are fitted to the
    tower's own tokens of each cloud's rendering (`TowerAlignment`);
 C. describe test clouds of all classes through lens -> frozen tower -> `InstructBlipHead`, with
@@ -30,14 +30,14 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
-from omniclip.modalities.pointcloud.tokenizers import PointBertTokenizer
+from omniclip.modalities.pointcloud.tokenizers import PointBertTokenizer, ProjectionTokenizer
 from torch import Tensor, nn
 
 from omniclip.blip_trunk import BlipVisionTrunk
 from omniclip.demo import experiment
 from omniclip.demo.captioner import QUESTION, CaptionerConfig, make_prompt, train_captioner, words
 from omniclip.demo.dataset import PairedDataset, PairedSet, make_shape_set, shape_draw
-from omniclip.demo.lens import LensConfig
+from omniclip.demo.lens import LensConfig, PatchTokens
 from omniclip.demo.world import SYNONYMS, WorldConfig
 from omniclip.heads.instructblip import InstructBlipHead
 from omniclip.lens.perceiver import Perceiver
@@ -173,9 +173,16 @@ class TowerAlignment(nn.Module):
 
 
 def build_tower_lens(trunk: BlipVisionTrunk, cfg: LensConfig, seed: int) -> LensModel:
-    """The 3D demo's lens (Point-BERT tokenizer -> Perceiver, one latent per patch position) into
-    ``trunk``; weights drawn from ``seed``."""
+    """The 3D demo's lens into ``trunk``, with ``cfg.tokenizer``: ``projection`` (one token per patch
+    of the tower's grid, no Perceiver; the default) or ``pointbert`` (Point-BERT tokenizer -> Perceiver,
+    one latent per patch position); weights drawn from ``seed``."""
     torch.manual_seed(seed)
+    if cfg.tokenizer == "projection":
+        tokenizer = ProjectionTokenizer(trunk.grid_size[0] * trunk.patch_size, trunk.patch_size, trunk.width,
+                                        cfg.encoder_dim)
+        return LensModel(tokenizer, PatchTokens(trunk.width, trunk.num_positions - 1), trunk)
+    if cfg.tokenizer != "pointbert":
+        raise ValueError(f"unknown demo tokenizer `{cfg.tokenizer}` (pointbert, projection)")
     tokenizer = PointBertTokenizer(cfg.num_groups, cfg.group_size, cfg.encoder_dim, cfg.token_dim, fps_start=None)
     lens = Perceiver(
         input_dim=cfg.token_dim, latent_dim=trunk.width, num_latents=trunk.num_positions - 1, depth=cfg.depth,
@@ -237,7 +244,10 @@ class DescribeDemoConfig:
 
     world: WorldConfig = field(default_factory=WorldConfig)
     captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
-    lens: LensConfig = field(default_factory=LensConfig)
+    # The projection tokenizer: held-out descriptions 0.19 against the Point-BERT + Perceiver lens's 0.11
+    # (chance 0.10; seen 0.19 vs 0.22), its tokens twice as close to the renderings' on held-out clouds
+    # (0.08 vs 0.27), and the lens trains in 18 s instead of 194 s.
+    lens: LensConfig = field(default_factory=lambda: LensConfig(tokenizer="projection"))
     align: AlignConfig = field(default_factory=AlignConfig)
     train_per_class: int = 200
     test_per_class: int = 30

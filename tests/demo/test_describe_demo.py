@@ -131,12 +131,16 @@ def test_lens_features_have_the_towers_layout_and_feed_the_head(captioner, token
     features = image_features(trunk, images)
     assert features.shape == (3, 1 + (32 // CaptionerConfig().patch_size) ** 2, 64)
     torch.testing.assert_close(features, reference, rtol=0, atol=1e-5)
-    lens = build_tower_lens(trunk, LensConfig(num_groups=8, group_size=8), seed=0)
-    clouds = lens_features(lens, shapes.points)
-    with torch.no_grad():  # the same path by hand: tokenizer -> Perceiver -> tower blocks -> post-LN
-        by_hand = trunk.ln_post(trunk.forward_features(lens.lens(lens.tokenizer(shapes.points))))
-    assert clouds.shape == features.shape
-    torch.testing.assert_close(clouds, by_hand, rtol=0, atol=1e-6)
+    for cfg in (LensConfig(tokenizer="pointbert", num_groups=8, group_size=8), LensConfig(tokenizer="projection")):
+        lens = build_tower_lens(trunk, cfg, seed=0)
+        clouds = lens_features(lens, shapes.points)
+        with torch.no_grad():  # the same path by hand: tokenizer -> lens -> tower blocks -> post-LN
+            by_hand = trunk.ln_post(trunk.forward_features(lens.lens(lens.tokenizer(shapes.points))))
+        assert clouds.shape == features.shape
+        torch.testing.assert_close(clouds, by_hand, rtol=0, atol=1e-6)
+    assert lens.tokenizer.num_tokens == 16 and lens.lens.num_tokens == 16  # the projection: the tower's 4x4 grid
+    with pytest.raises(ValueError, match="unknown demo tokenizer `voxels`"):
+        build_tower_lens(trunk, LensConfig(tokenizer="voxels"), seed=0)
     # Described from the tower's own features, the head says what transformers' generate says.
     prompt = make_prompt(tokenizer, head.num_query_tokens, 3)
     expected = captioner.generate(pixel_values=images, qformer_input_ids=prompt.qformer_input_ids,
