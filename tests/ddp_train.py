@@ -66,3 +66,9 @@ with initialize_config_module("omniclip.recipes", version_base="1.3"):
     cfg = compose("train", [f"hydra.searchpath=[file://{Path(__file__).parent / 'recipes'}]", "modality=toy",
                             "data=toy", "debug=default", *sys.argv[1:]])
 train.run(cfg)
+# A finished run leaves by os._exit: torch 2.11's ~ProcessGroupGloo, run when the DDP model holding the
+# group is freed after train.run returns, can deadlock with a gloo worker over the GIL (seen in about
+# 1 of 20 CI runs as a rank hanging here after its work was done and saved). Everything is written by now.
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)
