@@ -25,6 +25,7 @@ from omniclip.model import LensModel
 from omniclip.objective import ContrastiveObjective
 from omniclip.trainer import Trainer, TrainerConfig
 from omniclip.trunk import ViTTrunk
+from omniclip.demo.lens import PatchEmbeddingFit
 
 
 @dataclass(frozen=True)
@@ -110,30 +111,6 @@ class _Tokens(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
         return self.lens(self.tokenizer(batch["inputs"]))
-
-
-class PatchEmbeddingFit(nn.Module):
-    """`fit_tokens`' objective: mean squared error of the tokens against ``teacher``'s patch
-    embeddings of each sample's image, divided by the targets' mean square; with ``depth`` > 0 both
-    are first carried through the teacher's first ``depth`` blocks (class token and positions
-    added), so the fit is judged by what those blocks make of the tokens."""
-
-    def __init__(self, teacher: ViTTrunk, depth: int = 0) -> None:
-        super().__init__()
-        if not 0 <= depth <= len(teacher.blocks):
-            raise ValueError(f"token fit depth {depth} is not in 0..{len(teacher.blocks)} (the teacher's blocks)")
-        self.teacher = teacher
-        self.depth = depth
-
-    def forward(self, tokens: Tensor, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
-        with torch.no_grad():
-            target = self.teacher.patch_embed(batch["images"].to(tokens.device))
-            if self.depth:
-                target = self.teacher.forward_features(target, depth=self.depth)
-        if self.depth:
-            tokens = self.teacher.forward_features(tokens, depth=self.depth)
-        mismatch = (tokens - target).pow(2).mean() / target.pow(2).mean()
-        return mismatch, {"patch": mismatch.item()}
 
 
 def fit_tokens(model: LensModel, backbone: ClipBackbone, train: Dataset, cfg: LensTrainConfig, out_dir: str | Path,

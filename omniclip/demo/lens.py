@@ -145,6 +145,35 @@ class PatchTokens(nn.Module):
         return tokens
 
 
+class PatchEmbeddingFit(nn.Module):
+    """The patch-embedding fit (`fit_tokens`' objective, `PatchAnchored`'s term): mean squared error of the tokens against ``teacher``'s patch
+    embeddings of each sample's image, divided by the targets' mean square; with ``depth`` > 0 both
+    are first carried through the teacher's first ``depth`` blocks (class token and positions
+    added), so the fit is judged by what those blocks make of the tokens."""
+
+    def __init__(self, teacher: ViTTrunk, depth: int = 0) -> None:
+        super().__init__()
+        if not 0 <= depth <= len(teacher.blocks):
+            raise ValueError(f"token fit depth {depth} is not in 0..{len(teacher.blocks)} (the teacher's blocks)")
+        self.teacher = teacher
+        self.depth = depth
+
+    def forward(self, tokens: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        if batch.get("images") is None:
+            raise KeyError(f"patch anchoring needs each sample's `images`; batch keys: {sorted(batch)}")
+        with torch.no_grad():
+            target = self.teacher.patch_embed(batch["images"].to(tokens.device))
+            if target.shape != tokens.shape:
+                raise ValueError(f"lens tokens {list(tokens.shape)} cannot be anchored to patch embeddings "
+                                 f"{list(target.shape)}: the lens must give one trunk-wide token per patch")
+            if self.depth:
+                target = self.teacher.forward_features(target, depth=self.depth)
+        if self.depth:
+            tokens = self.teacher.forward_features(tokens, depth=self.depth)
+        mismatch = (tokens - target).pow(2).mean() / target.pow(2).mean()
+        return mismatch, {"patch": mismatch.item()}
+
+
 class PatchAnchored(nn.Module):
     """Training wrapper: ``model``'s embeddings, plus the fit of its lens tokens (what the trunk reads)
     to the pretrained ViT's patch embeddings of each sample's own image, as an auxiliary loss.
@@ -160,20 +189,13 @@ class PatchAnchored(nn.Module):
         if weight <= 0:
             raise ValueError(f"patch anchoring weight must be > 0, got {weight}")
         self.model = model
-        self.teacher = teacher.requires_grad_(False)
+        self.fit = PatchEmbeddingFit(teacher.requires_grad_(False))
         self.weight = weight
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if batch.get("images") is None:
-            raise KeyError(f"patch anchoring needs each sample's `images`; batch keys: {sorted(batch)}")
         model = self.model
         tokens = model.lens(model.tokenizer(batch["inputs"]))
-        with torch.no_grad():
-            target = self.teacher.patch_embed(batch["images"].to(tokens.device))
-        if target.shape != tokens.shape:
-            raise ValueError(f"lens tokens {list(tokens.shape)} cannot be anchored to patch embeddings "
-                             f"{list(target.shape)}: the lens must give one trunk-wide token per patch")
-        mismatch = (tokens - target).pow(2).mean() / target.pow(2).mean()
+        mismatch, _ = self.fit(tokens, batch)
         embeddings = F.normalize(model.trunk.forward_head(model.trunk.forward_features(tokens)), dim=-1)
         return embeddings, {"patch": self.weight * mismatch}
 
